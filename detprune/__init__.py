@@ -1,0 +1,32 @@
+"""detprune: prune object detectors for driving perception without losing small objects.
+
+The Python API mirrors the CLI: ``load`` a detector through its adapter, ``score`` its
+channels, ``prune`` them, ``finetune``, ``evaluate`` and ``export``. Heavy modules are
+imported on first use so that ``import detprune`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+# public name -> "module:attribute", resolved lazily
+_API = {
+    "DetpruneError": "detprune.errors:DetpruneError",
+    "load": "detprune.api:load",
+    "score": "detprune.api:score",
+    "prune": "detprune.api:prune",
+    "finetune": "detprune.api:finetune",
+    "evaluate": "detprune.api:evaluate",
+    "export": "detprune.api:export",
+}
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module 'detprune' has no attribute {name!r}")
+    module, attr = _API[name].split(":")
+    return getattr(importlib.import_module(module), attr)

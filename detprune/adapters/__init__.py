@@ -1,0 +1,38 @@
+"""Adapters, one per detector family, and the look-up that picks one for a model spec."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from detprune.adapters.base import DetectorAdapter
+from detprune.errors import UnsupportedError
+
+# family -> "module:class"; imported on demand so YOLO users never import R-CNN code and back
+_ADAPTERS = {
+    "yolo": "detprune.adapters.yolo:YoloAdapter",
+    "rcnn": "detprune.adapters.rcnn:RcnnAdapter",
+}
+
+
+def adapter_class(family: str) -> type[DetectorAdapter]:
+    module, name = _ADAPTERS[family].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def get_adapter(spec: str | Path) -> DetectorAdapter:
+    """The adapter for a weights file, architecture yaml or name."""
+    for family in _ADAPTERS:
+        try:
+            cls = adapter_class(family)
+        except ImportError:
+            continue
+        if cls.handles(spec):
+            return cls()
+    raise UnsupportedError(
+        f"{spec}: no adapter knows this model; expected an ultralytics YOLO .pt/.yaml "
+        "(yolov5*u, yolov8*, yolo11*, yolo26*) or a torchvision fasterrcnn_* name"
+    )
+
+
+__all__ = ["DetectorAdapter", "adapter_class", "get_adapter"]

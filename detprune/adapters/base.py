@@ -1,0 +1,109 @@
+"""The adapter interface: the only code that knows a detector family.
+
+Criteria, the pruner, the trainer and the exporter see a detector through this contract
+alone. An adapter is stateless; the model is always passed in, so one adapter serves the
+original and the pruned model alike.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import torch
+from torch import nn
+
+from detprune.data.batch import Batch
+from detprune.data.types import DetectionSet, Detections
+
+
+class DetectorAdapter(ABC):
+    """One detector family (ultralytics YOLO, torchvision Faster R-CNN, ...)."""
+
+    family: ClassVar[str]
+
+    # --- loading -------------------------------------------------------------------
+    @classmethod
+    @abstractmethod
+    def handles(cls, spec: str | Path) -> bool:
+        """Whether ``spec`` (a weights file, an architecture name or yaml) is this family's."""
+
+    @abstractmethod
+    def load(self, spec: str | Path, *, weights: str | Path | None = None, class_names: Sequence[str] | None = None) -> nn.Module:
+        """Build or read the model; ``class_names`` re-heads it for a dataset's classes."""
+
+    @abstractmethod
+    def class_names(self, model: nn.Module) -> list[str]:
+        """The classes the model predicts, in label order."""
+
+    # --- pruning ---------------------------------------------------------------------
+    @abstractmethod
+    def prepare_for_pruning(self, model: nn.Module) -> nn.Module:
+        """Apply the numerically exact rewrites that make channel coupling traceable."""
+
+    @abstractmethod
+    def example_inputs(self, model: nn.Module, imgsz: int | Sequence[int] = 320, batch_size: int = 1) -> torch.Tensor:
+        """An input the dependency graph traces and FLOPs are counted on."""
+
+    @abstractmethod
+    def protected_layers(self, model: nn.Module) -> list[nn.Module]:
+        """Layers whose output channels must stay: predictors, DFL, attention internals."""
+
+    @abstractmethod
+    def activation_points(self, model: nn.Module) -> dict[str, nn.Module]:
+        """Prunable conv name -> the module whose output is that conv's activation.
+
+        The activation has one channel per output channel of the conv (after its norm and
+        non-linearity where they follow), and is what saliency criteria hook.
+        """
+
+    # --- objective -------------------------------------------------------------------
+    @abstractmethod
+    def detection_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """The family's training loss (a scalar) for a batch with targets; model in train mode."""
+
+    @abstractmethod
+    def detection_utility(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """A scalar that grows as the model detects the batch's GT boxes better.
+
+        Default definition: sum over GT boxes of the predicted confidence of the box's class
+        at the prediction locations assigned to that box. Differentiable w.r.t. activations.
+        """
+
+    @abstractmethod
+    def predict(self, model: nn.Module, batch: Batch, *, conf: float = 0.001, iou: float = 0.6, max_det: int = 300) -> list[Detections]:
+        """Post-processed detections, in original-image pixels, one per image."""
+
+    # --- training, files ---------------------------------------------------------------
+    @abstractmethod
+    def finetune(self, model: nn.Module, data: Any, *, epochs: int, out_dir: str | Path, **options: Any) -> nn.Module:
+        """Fine-tune keeping the (pruned) structure; returns the best model."""
+
+    @abstractmethod
+    def save(self, model: nn.Module, path: str | Path, meta: dict | None = None) -> Path:
+        """Write a checkpoint with the model's own (possibly pruned) shapes, atomically."""
+
+    @abstractmethod
+    def load_checkpoint(self, path: str | Path) -> nn.Module:
+        """Reload what :meth:`save` wrote, pruned shapes included."""
+
+    # --- shared behaviour ---------------------------------------------------------------
+    def default_imgsz(self) -> int | tuple[int, int]:
+        return 640
+
+    def evaluate(self, model: nn.Module, dataset: DetectionSet, *, imgsz: int | Sequence[int] | None = None, batch_size: int = 8, progress: bool = True) -> dict:
+        """Run :meth:`predict` over ``dataset`` and score it with the COCO (and KITTI) protocol."""
+        from detprune.evaluation.protocol import evaluate_detections
+        from detprune.data.batch import iter_batches
+        from detprune.utils.progress import progress_bar
+
+        imgsz = imgsz or self.default_imgsz()
+        model.eval()
+        predictions: list[Detections] = []
+        batches = iter_batches(dataset, imgsz, batch_size)
+        total = (len(dataset) + batch_size - 1) // batch_size
+        with torch.no_grad():
+            for batch in progress_bar(batches, total=total, desc="evaluate", disable=not progress):
+                predictions.extend(self.predict(model, batch))
+        return evaluate_detections(dataset, predictions)

@@ -1,0 +1,1 @@
+"""One module per ``detprune`` subcommand; see ``detprune.cli`` for the contract."""
