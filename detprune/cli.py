@@ -19,6 +19,13 @@ from detprune.errors import DetpruneError
 # Order is the order ``detprune --help`` lists them in.
 COMMANDS: tuple[str, ...] = (
     "data",
+    "score",
+    "prune",
+    "finetune",
+    "export",
+    "engine",
+    "bench",
+    "demo",
 )
 
 
@@ -83,6 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DetpruneError as err:
         print(f"detprune: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like: not an error of ours
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("detprune: interrupted; outputs already written are complete, none is partial", file=sys.stderr)
         return 130

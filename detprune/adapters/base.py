@@ -88,6 +88,10 @@ class DetectorAdapter(ABC):
     def load_checkpoint(self, path: str | Path) -> nn.Module:
         """Reload what :meth:`save` wrote, pruned shapes included."""
 
+    def export_module(self, model: nn.Module) -> nn.Module:
+        """The model as it is exported: one image tensor in, plain tensors out (no Python objects)."""
+        return model
+
     # --- shared behaviour ---------------------------------------------------------------
     def default_imgsz(self) -> int | tuple[int, int]:
         return 640

@@ -67,6 +67,9 @@ class DetectionSet:
     class_names: list[str]
     samples: list[Sample]
     name: str = "dataset"
+    # Bad inputs the reader left out under skip_bad, per kind ("malformed line": 2, ...);
+    # subsets share the dict of the read they come from.
+    skipped: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -76,11 +79,11 @@ class DetectionSet:
 
     def __getitem__(self, index):
         if isinstance(index, slice):
-            return DetectionSet(self.class_names, self.samples[index], self.name)
+            return DetectionSet(self.class_names, self.samples[index], self.name, self.skipped)
         return self.samples[index]
 
     def subset(self, indices) -> "DetectionSet":
-        return DetectionSet(self.class_names, [self.samples[i] for i in indices], self.name)
+        return DetectionSet(self.class_names, [self.samples[i] for i in indices], self.name, self.skipped)
 
 
 @dataclass

@@ -64,3 +64,12 @@ def write_bytes(target: str | os.PathLike, data: bytes) -> Path:
     with atomic_path(target) as tmp:
         tmp.write_bytes(data)
     return Path(target)
+
+
+def save_torch(obj, target: str | os.PathLike) -> Path:
+    """``torch.save`` to ``target`` atomically."""
+    import torch
+
+    with atomic_path(target) as tmp:
+        torch.save(obj, tmp)
+    return Path(target)

@@ -1,0 +1,147 @@
+"""``detprune data convert|stats|synth``: datasets in, the files trainers and evaluators read out."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+HELP = "convert datasets (KITTI, COCO, YOLO) for training and evaluation, summarise them, synthesise scenes"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="data_command", metavar="ACTION")
+    actions.required = True
+
+    convert = actions.add_parser("convert", help="write a YOLO dataset (for training) or COCO ground truth")
+    convert.add_argument("src", help="KITTI folder, YOLO folder or data yaml, dataset yaml, or COCO json")
+    convert.add_argument("--to", required=True, choices=("yolo", "coco"), help="output format")
+    convert.add_argument("--out", required=True, help="output folder")
+    convert.add_argument("--val-fraction", type=float, default=None, help="share of images for val when SRC has no splits (default 0.2)")
+    convert.add_argument("--val-count", type=int, default=None, help="number of val images instead of a fraction")
+    convert.add_argument("--seed", type=int, default=None, help="seed of the train/val split (default 0)")
+    convert.add_argument("--split", default=None, help="convert only this split of SRC (COCO output)")
+    _common(convert)
+    convert.add_argument("--copy", action="store_true", help="copy images instead of linking to them")
+    convert.add_argument("--exist-ok", action="store_true", help="replace an output folder this command wrote before")
+
+    stats = actions.add_parser("stats", help="objects per class and size, boxes per image, a size histogram")
+    stats.add_argument("src", help="KITTI folder, YOLO folder or data yaml, dataset yaml, or COCO json")
+    stats.add_argument("--split", default=None, help="which split of SRC (where it has several)")
+    _common(stats)
+    stats.add_argument("--plot", default=None, metavar="PNG", help="write histograms of box sizes per class")
+    stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    synth = actions.add_parser("synth", help="generate synthetic driving scenes as a KITTI folder")
+    synth.add_argument("out", help="output folder (image_2/, label_2/)")
+    synth.add_argument("--num-images", type=int, default=100)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--width", type=int, default=1242)
+    synth.add_argument("--height", type=int, default=375)
+    synth.add_argument("--exist-ok", action="store_true", help="replace a synthetic set written before")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--class-map", default=None,
+        help="KITTI: kitti3 (default), kitti3-merged, kitti8 or a yaml mapping file; COCO: coco-traffic (default), coco-all",
+    )
+    parser.add_argument("--skip-bad", action="store_true", help="leave out bad lines and images (counted) instead of failing")
+
+
+def run(args: argparse.Namespace) -> int:
+    return {"convert": _convert, "stats": _stats, "synth": _synth}[args.data_command](args)
+
+
+def _class_map(value: str | None):
+    if value is None or not value.endswith((".yaml", ".yml")):
+        return value
+    from detprune.data.yolo_format import load_yaml
+
+    return load_yaml(Path(value))
+
+
+def _check_out(out: Path, src: Path | None, exist_ok: bool, marker: str) -> None:
+    """Refuse an existing output unless --exist-ok, and even then anything but our own output."""
+    from detprune.errors import DetpruneError
+
+    if src is not None:
+        src_r, out_r = src.resolve(), out.resolve()
+        if out_r == src_r or out_r in src_r.parents or src_r in out_r.parents:
+            raise DetpruneError(f"{out}: output overlaps the input {src}; choose another --out")
+    if not out.exists():
+        return
+    if not exist_ok:
+        raise DetpruneError(f"{out}: already exists; choose another --out or pass --exist-ok")
+    if not out.is_dir() or (any(out.iterdir()) and not (out / marker).exists()):
+        raise DetpruneError(f"{out}: exists and was not written by this command (no {marker}); refusing to replace it")
+
+
+def _skipped_note(*datasets) -> None:
+    from collections import Counter
+
+    total: Counter[str] = Counter()
+    reads = {id(d.skipped): d.skipped for d in datasets}  # train and val of one read share theirs
+    for skipped in reads.values():
+        total.update(skipped)
+    if total:
+        print("skipped bad inputs: " + ", ".join(f"{n} {kind}" for kind, n in sorted(total.items())))
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from detprune.data.convert import DATA_YAML, write_coco_dataset, write_yolo_dataset
+    from detprune.data.loader import load_dataset, load_train_val
+    from detprune.errors import DetpruneError
+
+    src, out = Path(args.src), Path(args.out)
+    _check_out(out, src, args.exist_ok, DATA_YAML if args.to == "yolo" else "annotations")
+    class_map = _class_map(args.class_map)
+    if args.split:
+        if args.to == "yolo":
+            raise DetpruneError("--split converts one split, but a YOLO dataset needs train and val; drop --split")
+        dataset = load_dataset(src, class_map=class_map, skip_bad=args.skip_bad, split=args.split)
+        written = write_coco_dataset({args.split: dataset}, out, link=not args.copy)
+        _skipped_note(dataset)
+        print(f"wrote {written}/instances_{args.split}.json: {len(dataset)} images, {_objects(dataset)} objects")
+        return 0
+    train, val = load_train_val(
+        src, class_map=class_map, skip_bad=args.skip_bad, val_fraction=args.val_fraction, val_count=args.val_count, seed=args.seed
+    )
+    if args.to == "yolo":
+        written = write_yolo_dataset(train, val, out, link=not args.copy)
+    else:
+        written = write_coco_dataset({"train": train, "val": val}, out, link=not args.copy)
+    _skipped_note(train, val)
+    print(
+        f"wrote {written}: train {len(train)} images / {_objects(train)} objects, "
+        f"val {len(val)} images / {_objects(val)} objects; classes: {', '.join(train.class_names)}"
+    )
+    return 0
+
+
+def _objects(dataset) -> int:
+    return sum(sample.num_objects for sample in dataset)
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from detprune.data.loader import load_dataset
+    from detprune.data.stats import dataset_stats, format_stats, plot_stats
+
+    dataset = load_dataset(args.src, class_map=_class_map(args.class_map), skip_bad=args.skip_bad, split=args.split)
+    stats = dataset_stats(dataset)
+    print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
+    if args.plot:
+        path = plot_stats(dataset, args.plot)
+        if not args.json:
+            print(f"histograms: {path}")
+    return 0
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from detprune.data.synthetic import generate_scenes
+
+    out = Path(args.out)
+    _check_out(out, None, args.exist_ok, "synthetic.json")
+    root = generate_scenes(out, args.num_images, seed=args.seed, width=args.width, height=args.height, exist_ok=args.exist_ok)
+    print(f"wrote {args.num_images} scenes ({args.width}x{args.height}, seed {args.seed}) to {root}")
+    return 0

@@ -1,0 +1,56 @@
+"""``detprune demo``: the whole workflow end to end on synthetic driving scenes, CPU only, no download."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "run the whole workflow on synthetic driving scenes: train, prune (saliency vs L1), fine-tune, evaluate, export"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from detprune.workflow.demo import DemoSettings
+
+    d = DemoSettings()
+    parser.add_argument("--config", default=None, help="YAML recipe whose fields are defaults for these flags")
+    parser.add_argument("--out", default=d.out, help="output folder")
+    parser.add_argument("--exist-ok", action="store_true", help="reuse an existing output folder")
+    parser.add_argument("--model", default=d.model, help="architecture yaml of the baseline")
+    parser.add_argument("--num-images", type=int, default=d.num_images, help="synthetic scenes to generate")
+    parser.add_argument("--val-images", type=int, default=d.val_images, help="of which held out for evaluation")
+    parser.add_argument("--width", type=int, default=d.width)
+    parser.add_argument("--height", type=int, default=d.height)
+    parser.add_argument("--imgsz", type=int, default=d.imgsz)
+    parser.add_argument("--batch", type=int, default=d.batch)
+    parser.add_argument("--baseline-epochs", type=int, default=d.baseline_epochs)
+    parser.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs)
+    parser.add_argument("--target-flops", type=float, default=d.target_flops, help="fraction of FLOPs kept")
+    parser.add_argument("--criteria", default=",".join(d.criteria), help="comma-separated criteria to compare")
+    parser.add_argument("--latency-runs", type=int, default=d.latency_runs)
+    parser.add_argument("--seed", type=int, default=d.seed)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from detprune.errors import DetpruneError
+    from detprune.workflow.demo import DemoSettings, run_demo
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.exist_ok:
+        raise DetpruneError(f"{out}: output folder exists; pass --exist-ok to reuse it or choose another --out")
+    if not 0 < args.target_flops < 1:
+        raise DetpruneError(f"--target-flops must be in (0, 1), got {args.target_flops}")
+    if not 0 < args.val_images < args.num_images:
+        raise DetpruneError(f"--val-images must be between 1 and --num-images - 1, got {args.val_images}")
+    settings = DemoSettings(
+        out=str(out), model=args.model, num_images=args.num_images, val_images=args.val_images,
+        width=args.width, height=args.height, imgsz=args.imgsz, batch=args.batch,
+        baseline_epochs=args.baseline_epochs, finetune_epochs=args.finetune_epochs,
+        target_flops=args.target_flops, criteria=tuple(c.strip() for c in args.criteria.split(",") if c.strip()),
+        latency_runs=args.latency_runs, seed=args.seed,
+    )
+    report = run_demo(settings)
+    print()
+    print(report.to_table())
+    print(f"\nreport: {out / 'report.md'}  (JSON: {out / 'report.json'}; plots: {out}/*.png)")
+    return 0

@@ -1,0 +1,137 @@
+"""``detprune finetune``: train a (pruned) YOLO model with the ultralytics trainer, keeping its shapes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+HELP = "fine-tune a (pruned) YOLO model with the ultralytics trainer, keeping its pruned structure"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="the (pruned) model: a .pt checkpoint (not needed with --resume)")
+    parser.add_argument(
+        "--data", default=None,
+        help="a YOLO dataset yaml, or a KITTI folder / COCO json / detprune dataset yaml, converted into OUT/dataset",
+    )
+    parser.add_argument("--epochs", type=int, default=None, help="epochs to train (a resumed run keeps its own)")
+    parser.add_argument("--imgsz", type=int, default=None, help="training image size (default 640)")
+    parser.add_argument("--batch", type=int, default=None, help="batch size (default 16)")
+    parser.add_argument("--device", default=None, help="cpu (default), 0, or 0,1,2,3 for DDP on several GPUs")
+    parser.add_argument("--workers", type=int, default=None, help="dataloader workers per process (default: ultralytics' 8 on GPUs, 0 on CPU)")
+    parser.add_argument("--lr0", type=float, default=None, help="initial learning rate (selects SGD unless --trainer-arg optimizer=...)")
+    parser.add_argument("--patience", type=int, default=None, help="stop after this many epochs without improvement (default 100)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--trainer-arg", dest="trainer_args", action="append", default=None, metavar="KEY=VALUE",
+        help="any other ultralytics trainer argument, e.g. mosaic=0.5 or freeze=10 (repeatable)",
+    )
+    parser.add_argument("--class-map", default=None, help="class map for a KITTI or COCO --data (default kitti3 / coco-traffic)")
+    parser.add_argument("--out", default="runs/finetune", help="output folder (default runs/finetune)")
+    parser.add_argument("--resume", action="store_true", help="continue the unfinished run in OUT from its last.pt")
+    parser.add_argument("--exist-ok", action="store_true", help="replace a previous run in OUT")
+    parser.add_argument("--config", default=None, help="YAML recipe whose fields are defaults for these flags")
+
+
+def _trainer_args(values) -> dict:
+    """``["mosaic=0.5", "freeze=10"]`` (flags) or ``{mosaic: 0.5}`` (a recipe) as a dict of typed values."""
+    import yaml
+
+    from detprune.errors import BadInputError
+
+    if values is None:
+        return {}
+    if isinstance(values, dict):
+        return {str(k): v for k, v in values.items()}
+    parsed = {}
+    for item in values:
+        key, sep, text = str(item).partition("=")
+        if not sep or not key.strip():
+            raise BadInputError(f"--trainer-arg {item!r}: expected KEY=VALUE, e.g. mosaic=0.5")
+        try:
+            parsed[key.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise BadInputError(f"--trainer-arg {item!r}: the value is not a number, word or list") from None
+    return parsed
+
+
+def _is_yolo_data_yaml(path: Path) -> bool:
+    """A dataset yaml ultralytics reads as is (train/val at the top), not a detprune dataset description."""
+    if path.suffix.lower() not in {".yaml", ".yml"} or not path.is_file():
+        return False
+    from detprune.data.yolo_format import load_yaml
+
+    data = load_yaml(path)
+    return "train" in data and "val" in data and "format" not in data
+
+
+def _dataset_yaml(data: str | None, out: Path, class_map: str | None) -> Path | None:
+    """The YOLO dataset yaml to train on: ``data`` itself, or ``data`` converted into ``out/dataset``."""
+    if data is None:
+        return None
+    path = Path(data)
+    if _is_yolo_data_yaml(path) or (path.suffix.lower() in {".yaml", ".yml"} and not path.exists()):
+        return path  # a missing yaml is reported by the trainer's own check
+    from detprune.data.convert import write_yolo_dataset
+    from detprune.data.loader import load_train_val
+
+    train, val = load_train_val(path, class_map=class_map)
+    print(f"converting {path} into {out / 'dataset'} ({len(train)} train, {len(val)} val images)")
+    return write_yolo_dataset(train, val, out / "dataset")
+
+
+def _load_model(spec: str, out: Path, exist_ok: bool):
+    from detprune.adapters import get_adapter
+    from detprune.errors import BadInputError, UnsupportedError
+    from detprune.train.yolo_trainer import RUN_NAME
+
+    path = Path(spec).resolve()
+    run_dir = (out / RUN_NAME).resolve()
+    if exist_ok and (path == run_dir or run_dir in path.parents):
+        raise BadInputError(f"{spec}: lies inside the run folder --exist-ok would replace; choose another --out")
+    adapter = get_adapter(spec)
+    if adapter.family != "yolo":
+        raise UnsupportedError(f"{spec}: fine-tuning runs the ultralytics trainer, so it takes YOLO models only")
+    return adapter.load(spec)
+
+
+def _print_summary(result) -> None:
+    print(f"\nfine-tuned model: {result.best}")
+    print(f"last epoch:       {result.last}")
+    print(f"time:             {result.seconds:.1f} s")
+    if result.metrics:
+        width = max(len(k) for k in result.metrics)
+        print("metrics of the best model:")
+        for key, value in result.metrics.items():
+            print(f"  {key:<{width}}  {value:.4f}")
+
+
+def run(args: argparse.Namespace) -> int:
+    if os.environ.get("DETPRUNE_QUIET") != "1":
+        os.environ["YOLO_VERBOSE"] = "True"  # ultralytics' epoch table is this command's progress display
+    from detprune.errors import BadInputError
+    from detprune.train.yolo_trainer import finetune_yolo
+
+    out = Path(args.out)
+    if not args.resume and (args.model is None or args.data is None or args.epochs is None):
+        raise BadInputError("finetune needs --model, --data and --epochs (or --resume to continue a run in --out)")
+    model = _load_model(args.model, out, args.exist_ok and not args.resume) if args.model else None
+    result = finetune_yolo(
+        model,
+        _dataset_yaml(args.data, out, args.class_map),
+        epochs=args.epochs,
+        out_dir=out,
+        imgsz=args.imgsz,
+        batch=args.batch,
+        device=args.device,
+        workers=args.workers,
+        lr0=args.lr0,
+        resume=args.resume,
+        exist_ok=args.exist_ok,
+        seed=args.seed,
+        patience=args.patience,
+        **_trainer_args(args.trainer_args),
+    )
+    _print_summary(result)
+    return 0

@@ -1,0 +1,285 @@
+"""Fine-tune a (pruned) ultralytics YOLO model with the ultralytics trainer.
+
+A run writes one folder, ``out_dir``::
+
+    out_dir/
+      start.pt        the model as given (the trainer starts from this checkpoint)
+      train_data.yaml the checked dataset yaml the trainer reads (absolute paths, no download:)
+      train/          ultralytics' run folder: args.yaml, results.csv, weights/{best,last}.pt
+      finetune.json   paths, metrics and time of the run
+
+``train/weights/best.pt`` and ``last.pt`` are ordinary ultralytics checkpoints in FP32 with the
+pruned shapes: ``ultralytics.YOLO(best)`` loads them where detprune is installed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from torch import nn
+
+from detprune.errors import BadInputError, DetpruneError, UnsupportedError
+from detprune.train.datasets import check_data_yaml, num_classes, write_checked_yaml
+from detprune.train.structure import check_same_structure, parameter_count, tensor_shapes
+from detprune.utils.atomic import write_text
+
+RUN_NAME = "train"  # ultralytics' run folder inside out_dir
+START_CHECKPOINT = "start.pt"  # the model as given, outside the run folder (DDP's launcher empties that)
+TRAINER_DATA_YAML = "train_data.yaml"  # the checked copy of the dataset yaml the trainer reads
+
+# Defaults of a new run; a resumed run keeps its own values unless these are given again.
+# workers is left to ultralytics: 8 per process on GPUs, 0 on CPU (where loading is not the bottleneck).
+NEW_RUN_DEFAULTS = {"imgsz": 640, "batch": 16, "device": "cpu", "patience": 100, "plots": False}
+
+# Trainer arguments finetune_yolo sets itself: passing them in **overrides is an error.
+_RESERVED = {"model", "data", "epochs", "project", "name", "exist_ok", "resume", "pretrained", "mode", "task", "save_dir"}
+# What ultralytics lets a resumed run change (BaseTrainer.check_resume), besides the named arguments.
+_RESUME_ADJUSTABLE = {"close_mosaic", "augmentations", "save_period", "cache", "time", "freeze", "val", "channels_last"}
+
+
+@dataclass
+class FinetuneResult:
+    """What a fine-tuning run produced."""
+
+    model: nn.Module  # the best model (FP32, eval mode), read back from ``best``
+    best: Path  # checkpoint of the best epoch (``last`` if no epoch was validated as best)
+    last: Path  # checkpoint of the final epoch
+    run_dir: Path  # ultralytics' run folder (args.yaml, results.csv, weights/)
+    metrics: dict[str, float] = field(default_factory=dict)  # validation of ``best`` (mAP50-95(B), ...)
+    seconds: float = 0.0  # wall-clock time of the training call
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _detection_model(model: Any) -> nn.Module:
+    """The ``DetectionModel`` inside ``model`` (an ``ultralytics.YOLO`` object is unwrapped)."""
+    from ultralytics.engine.model import Model
+    from ultralytics.nn.tasks import DetectionModel, guess_model_task
+
+    if isinstance(model, Model):
+        model = model.model
+    if not isinstance(model, DetectionModel):
+        raise BadInputError(f"fine-tuning needs an ultralytics DetectionModel, got {type(model).__name__}")
+    task = getattr(model, "task", None) or guess_model_task(model)
+    if task != "detect":
+        raise UnsupportedError(f"fine-tuning supports detection models; this {type(model).__name__} is a '{task}' model")
+    return model
+
+
+def _check_overrides(overrides: dict[str, Any], resume: bool) -> None:
+    from ultralytics.utils import DEFAULT_CFG_KEYS
+
+    for key, value in overrides.items():
+        if key in _RESERVED:
+            raise BadInputError(f"trainer argument '{key}' is set by detprune (model, data, epochs, out_dir, resume)")
+        if key not in DEFAULT_CFG_KEYS:
+            raise BadInputError(f"unknown trainer argument '{key}' (see ultralytics' cfg/default.yaml for the valid ones)")
+        if key in {"quantize", "distill_model"} and value not in (None, False):
+            raise UnsupportedError(f"trainer argument '{key}' is not supported for fine-tuning pruned models")
+        if resume and key not in _RESUME_ADJUSTABLE:
+            raise BadInputError(f"a resumed run keeps its hyperparameters; '{key}' cannot change (start a new run instead)")
+
+
+def _check_epochs(epochs: Any) -> None:
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise BadInputError(f"epochs must be a whole number >= 1, got {epochs!r}")
+
+
+def _clear_previous_run(run_dir: Path, exist_ok: bool) -> None:
+    """A new run starts in an empty run folder; an old run there is replaced only with ``exist_ok``."""
+    if not run_dir.exists() or not any(run_dir.iterdir()):
+        return
+    if not exist_ok:
+        raise BadInputError(
+            f"{run_dir}: already holds a fine-tuning run; pass exist_ok (--exist-ok) to replace it, "
+            "resume (--resume) to continue it, or choose another output folder"
+        )
+    if not ((run_dir / "args.yaml").exists() or (run_dir / "weights").is_dir()):
+        raise BadInputError(f"{run_dir}: exists and is not a fine-tuning run folder; refusing to delete it")
+    shutil.rmtree(run_dir)
+
+
+def _resume_checkpoint(last: Path, model: nn.Module | None, epochs: int | None) -> tuple[dict, dict]:
+    """(checkpoint, its train_args) of an unfinished run, checked against the given model and epochs."""
+    from ultralytics.utils.patches import torch_load
+
+    if not last.is_file():
+        raise BadInputError(f"{last}: no checkpoint to resume from; start a new run without resume")
+    try:
+        ckpt = torch_load(last, map_location="cpu")
+    except Exception as error:  # torch raises several types for a damaged file
+        raise BadInputError(f"{last}: not a readable checkpoint ({_one_line(error)})") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("ema"), nn.Module) or ckpt.get("optimizer") is None:
+        raise BadInputError(f"{last}: the run finished all its epochs; nothing to resume (start a new run)")
+    args = ckpt.get("train_args") or {}
+    if epochs is not None and epochs != args.get("epochs"):
+        raise BadInputError(f"{last}: the run was started for {args.get('epochs')} epochs; resume continues to that number")
+    if model is not None:
+        check_same_structure(tensor_shapes(ckpt["ema"]), model, f"the model given to resume {last}")
+    return ckpt, args
+
+
+def finetune_yolo(
+    model: nn.Module | None,
+    data_yaml: str | Path | None,
+    *,
+    epochs: int | None,
+    out_dir: str | Path,
+    imgsz: int | None = None,
+    batch: int | None = None,
+    device: str | int | None = None,
+    workers: int | None = None,
+    lr0: float | None = None,
+    resume: bool = False,
+    exist_ok: bool = False,
+    seed: int = 0,
+    patience: int | None = None,
+    plots: bool | None = None,
+    callbacks: dict[str, Callable] | None = None,
+    **overrides: Any,
+) -> FinetuneResult:
+    """Fine-tune ``model`` on the YOLO dataset ``data_yaml`` with ultralytics' trainer, keeping its shapes.
+
+    Training is ultralytics' own (its loss, optimizer, EMA, mosaic and the other default
+    augmentations, validation and early stopping after ``patience`` epochs without gain); any
+    other trainer argument of ultralytics' ``default.yaml`` can be passed as a keyword
+    (``mosaic=0.5``, ``freeze=10``, ``optimizer="SGD"``, ...). ``lr0`` selects SGD unless an
+    optimizer is named, because ultralytics' automatic optimizer choice ignores ``lr0``.
+    ``device`` is ``"cpu"``, ``"0"`` or, for DDP on several GPUs, ``"0,1,2,3"`` (see
+    docs/finetune.md). ``callbacks`` maps ultralytics trainer events to functions of the trainer.
+    A new run uses ``NEW_RUN_DEFAULTS`` (imgsz 640, batch 16, device cpu, patience 100, no
+    plots) for the arguments left at None, and ultralytics' defaults for everything else.
+
+    ``resume=True`` continues the unfinished run in ``out_dir`` from its ``last.pt``: the model
+    comes from that checkpoint (``model`` may be None; if given, it must have the same shapes),
+    ``data_yaml`` and ``epochs`` may be None, and ``imgsz``, ``batch``, ``device``, ``workers``,
+    ``patience`` and ``plots`` keep the run's values unless given. Without ``resume`` a previous
+    run in ``out_dir`` is an error unless ``exist_ok=True``, which replaces it.
+
+    The caller's ``model`` is not modified. Raises :class:`BadInputError` for bad arguments and
+    :class:`DetpruneError` if a checkpoint does not have the given model's shapes.
+    """
+    out_dir = Path(out_dir).resolve()
+    if not resume or epochs is not None:
+        _check_epochs(epochs)
+    _check_overrides(overrides, resume)
+    given = {"imgsz": imgsz, "batch": batch, "device": device, "workers": workers, "patience": patience, "plots": plots}
+    given = {k: (str(v) if k == "device" else v) for k, v in given.items() if v is not None}
+    if lr0 is not None:
+        if resume:
+            raise BadInputError("a resumed run keeps its hyperparameters; lr0 cannot change (start a new run instead)")
+        overrides = {"optimizer": "SGD", **overrides, "lr0": float(lr0)}
+    if resume:
+        args, expected = _resume_args(model, data_yaml, epochs, out_dir, {**given, **overrides})
+    else:
+        args, expected = _new_run_args(model, data_yaml, epochs, out_dir, exist_ok, {**given, "seed": seed, **overrides})
+    return _run(args, expected, out_dir / RUN_NAME, callbacks or {})
+
+
+def _new_run_args(model, data_yaml, epochs: int, out_dir: Path, exist_ok: bool, settings: dict) -> tuple[dict, dict]:
+    """(trainer arguments, expected shapes) of a new run; writes the start checkpoint and dataset yaml."""
+    from detprune.train.pruned_trainer import write_model_checkpoint
+
+    if model is None:
+        raise BadInputError("a model is needed to start fine-tuning (only resume reads it from the run)")
+    if data_yaml is None:
+        raise BadInputError("a dataset yaml is needed to start fine-tuning")
+    detection = _detection_model(model)
+    data = check_data_yaml(data_yaml)
+    if num_classes(data) != int(detection.model[-1].nc):
+        raise BadInputError(
+            f"{data_yaml}: the dataset has {num_classes(data)} classes but the model's head predicts "
+            f"{int(detection.model[-1].nc)}; re-head the model for the dataset's classes before pruning"
+        )
+    _clear_previous_run(out_dir / RUN_NAME, exist_ok)
+    start = write_model_checkpoint(detection, out_dir / START_CHECKPOINT)
+    data_path = write_checked_yaml(data_yaml, out_dir / TRAINER_DATA_YAML)
+    args = {
+        **NEW_RUN_DEFAULTS,
+        **settings,
+        "model": str(start),  # DDP workers and resumed runs read the pruned module from checkpoints too
+        "data": str(data_path),
+        "epochs": epochs,
+        "project": str(out_dir),
+        "name": RUN_NAME,
+        "exist_ok": True,  # the folder question was settled above
+        "pretrained": True,  # False would make ultralytics build a fresh model from the yaml
+    }
+    return args, tensor_shapes(detection)
+
+
+def _resume_args(model, data_yaml, epochs: int | None, out_dir: Path, settings: dict) -> tuple[dict, dict]:
+    """(trainer arguments, expected shapes) to continue the unfinished run in ``out_dir``."""
+    last = out_dir / RUN_NAME / "weights" / "last.pt"
+    detection = _detection_model(model) if model is not None else None
+    ckpt, run_args = _resume_checkpoint(last, detection, epochs)
+    if data_yaml is not None:
+        data_path = write_checked_yaml(data_yaml, out_dir / TRAINER_DATA_YAML)
+    else:
+        check_data_yaml(run_args.get("data", ""))
+        data_path = Path(run_args["data"])
+    return {**settings, "resume": str(last), "data": str(data_path)}, tensor_shapes(ckpt["ema"])
+
+
+def _as_built(model: nn.Module) -> nn.Module:
+    """Gradients enabled as ultralytics builds a model (all but the fixed DFL projection).
+
+    Checkpoints store frozen parameters; a model handed on to scoring or pruning needs gradients.
+    """
+    from ultralytics.nn.modules.block import DFL
+
+    for p in model.parameters():
+        p.requires_grad_(p.is_floating_point())
+    for module in model.modules():
+        if isinstance(module, DFL):
+            module.requires_grad_(False)
+    return model
+
+
+def _run(args: dict, expected: dict, run_dir: Path, callbacks: dict[str, Callable]) -> FinetuneResult:
+    from ultralytics.nn.tasks import load_checkpoint
+
+    from detprune.train.pruned_trainer import PrunedDetectionTrainer
+
+    try:
+        trainer = PrunedDetectionTrainer(overrides=args)
+    except (RuntimeError, ValueError) as error:  # ultralytics' dataset and device checks
+        raise BadInputError(f"the ultralytics trainer refused the run: {_one_line(error)}") from None
+    if trainer.save_dir != run_dir:
+        raise DetpruneError(f"the trainer chose {trainer.save_dir} instead of {run_dir}")
+    for event, function in callbacks.items():
+        trainer.add_callback(event, function)
+    started = time.perf_counter()
+    try:
+        trainer.train()
+    except FileNotFoundError as error:  # e.g. a split folder without images
+        raise BadInputError(f"{args['data']}: {_one_line(error)}") from None
+    seconds = time.perf_counter() - started
+
+    best = trainer.best if trainer.best.exists() else trainer.last
+    if not best.exists():
+        raise DetpruneError(f"{run_dir}: training ended without writing a checkpoint")
+    model, ckpt = load_checkpoint(best)
+    check_same_structure(expected, _as_built(model), f"checkpoint {best}")
+    raw = trainer.metrics if isinstance(trainer.metrics, dict) and trainer.metrics else ckpt.get("train_metrics") or {}
+    metrics = {str(k): float(v) for k, v in raw.items() if isinstance(v, (int, float)) or hasattr(v, "__float__")}
+    result = FinetuneResult(model=model, best=best, last=trainer.last, run_dir=run_dir, metrics=metrics, seconds=seconds)
+    summary = {
+        "best": str(best),
+        "last": str(trainer.last),
+        "run_dir": str(run_dir),
+        "epochs": int(trainer.args.epochs),
+        "seconds": round(seconds, 3),
+        "parameters": parameter_count(model),
+        "metrics": metrics,
+    }
+    write_text(run_dir.parent / "finetune.json", json.dumps(summary, indent=2) + "\n")
+    return result

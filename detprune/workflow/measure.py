@@ -1,0 +1,61 @@
+"""One protocol for every model of a run: accuracy, cost and CPU latency, measured the same way."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from torch import nn
+
+from detprune.adapters.base import DetectorAdapter
+from detprune.data.batch import as_hw
+from detprune.data.types import DetectionSet
+from detprune.evaluation.report import ModelSummary
+from detprune.pruning.flops import measure
+from detprune.pruning.pruner import conv_channels, trace_forward
+
+
+def model_cost(adapter: DetectorAdapter, model: nn.Module, imgsz: int | Sequence[int]):
+    """Params and FLOPs on the adapter's example input at ``imgsz``."""
+    return measure(model, adapter.example_inputs(model, imgsz), trace_forward(adapter, model))
+
+
+def cpu_latency(adapter: DetectorAdapter, model: nn.Module, imgsz: int | Sequence[int], *, runs: int, onnx_path: Path | None = None):
+    """ONNX Runtime CPU latency (median, p90 over warmed runs) of the exported model at batch 1."""
+    from detprune.export.latency import measure_latency
+    from detprune.export.onnx import export_onnx
+
+    example = adapter.example_inputs(model, imgsz, batch_size=1)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = onnx_path or Path(tmp) / "model.onnx"
+        export_onnx(adapter.export_module(model), example, path)
+        return measure_latency("onnxruntime", path, list(example.shape), warmup=max(3, runs // 10), runs=runs)
+
+
+def summarise(
+    adapter: DetectorAdapter,
+    model: nn.Module,
+    val: DetectionSet,
+    *,
+    imgsz: int | Sequence[int],
+    batch_size: int = 8,
+    latency_runs: int = 30,
+    onnx_path: Path | None = None,
+    info: dict | None = None,
+) -> ModelSummary:
+    """Evaluate ``model`` on ``val`` and measure its cost and CPU latency into a report entry."""
+    metrics = adapter.evaluate(model, val, imgsz=imgsz, batch_size=batch_size)
+    cost = model_cost(adapter, model, imgsz)
+    latency = None
+    if latency_runs > 0:
+        stats = cpu_latency(adapter, model, imgsz, runs=latency_runs, onnx_path=onnx_path)
+        latency = {"median_ms": stats.median_ms, "p90_ms": stats.p90_ms, "backend": f"onnxruntime-cpu ({stats.threads} threads)"}
+    return ModelSummary(
+        metrics=metrics,
+        params=cost.params,
+        flops=cost.flops,
+        latency=latency,
+        channels=conv_channels(model),
+        info={"imgsz": list(as_hw(imgsz)), **(info or {})},
+    )
