@@ -382,6 +382,3 @@ def test_save_reload_and_ultralytics_loads_pruned_checkpoint(tmp_path):
     assert int(count) > 0 and names == str(sorted(CLASSES))
 
 
-def test_finetune_is_not_available_yet():
-    with pytest.raises(UnsupportedError):
-        ADAPTER.finetune(build("yolov8n"), None, epochs=1, out_dir="unused")

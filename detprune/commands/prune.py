@@ -1,16 +1,20 @@
 """``detprune prune``: score the channels, cut the model to a target, write the smaller model.
 
 A run is a sequence of stages over one :class:`PruneRun` (:data:`STAGES`): load the model
-(and the data, where the criterion needs images), score, prune, write. Each stage reads what
-the earlier ones left and adds its own; further stages (fine-tune, evaluate) slot in the
-same way. Everything is written into a temporary folder that replaces ``--out`` only when
+(and the data), evaluate the original, score, prune, fine-tune, evaluate the pruned model,
+write. Each stage reads what the earlier ones left and adds its own; a stage with nothing to
+do (no data, no fine-tuning epochs) passes. Everything is written into a temporary folder that replaces ``--out`` only when
 every stage has succeeded.
 
 Files in ``--out``: ``pruned.pt`` (the adapter's checkpoint of the pruned model),
 ``prune.json`` (params and FLOPs before/after, target and result, the removed channels per
 group, timings, versions), ``channels.csv`` / ``channels.json`` (output channels per layer
 before/after), ``channels.png``, ``scores.pt`` (the scores used) and ``config.yaml`` (every
-option of the run; ``--config`` reads it back).
+option of the run; ``--config`` reads it back). With ``--data``: ``report.json`` /
+``report.md`` (mAP, AP50, AP_small/medium/large, per-class AP, KITTI easy/moderate/hard AP
+on KITTI data, params, FLOPs, ONNX Runtime CPU latency, channels per layer, before and
+after), plots, ``original.onnx`` / ``pruned.onnx`` (the graphs timed), and with
+``--finetune-epochs`` the fine-tuning run under ``finetune/``.
 """
 
 from __future__ import annotations
@@ -52,6 +56,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     limits.add_argument("--normalisation", choices=("l2", "l1", "max", "mean", "none"), default="l2",
                         help="per-layer score normalisation before the global ranking (default l2; "
                              "l2/l1 cut wide layers first, max/mean spread the cut)")
+    after = parser.add_argument_group("fine-tune and evaluate (with --data)")
+    after.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune the pruned model this many epochs (default 0)")
+    after.add_argument("--finetune-batch", type=int, default=None, help="fine-tuning batch size (default: the trainer's)")
+    after.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate (default: the trainer's)")
+    after.add_argument("--val-fraction", type=float, default=None, help="share of --data held out for evaluation (default 0.2)")
+    after.add_argument("--val-count", type=int, default=None, help="number of images held out instead of a share")
+    after.add_argument("--no-eval", action="store_true", help="skip the before/after evaluation and report")
+    after.add_argument("--latency-runs", type=int, default=30, help="timed ONNX Runtime runs per model in the report (0 = none)")
     parser.add_argument("--imgsz", type=int, default=320, help="input size the FLOPs are counted at (and images scored at)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random criterion and of the image subset")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... for scoring and pruning (default: cuda when available)")
@@ -67,7 +79,11 @@ class PruneRun:
     folder: Path  # where files go (a temporary folder until the run succeeds)
     adapter: Any = None
     model: Any = None
-    dataset: Any = None
+    dataset: Any = None  # the images scored on
+    train: Any = None  # fine-tuning split (where --data is split for evaluation)
+    val: Any = None  # evaluation split
+    before: Any = None  # report entry of the model before pruning
+    evaluation: Any = None  # the before/after Report
     criterion: Any = None
     scores: dict = field(default_factory=dict)
     result: Any = None
@@ -125,6 +141,10 @@ def _validate(args: argparse.Namespace) -> None:
         raise DetpruneError(f"--min-channels must be >= 1, got {args.min_channels}")
     if not 0 < args.max_ratio < 1:
         raise DetpruneError(f"--max-ratio must lie in (0, 1), got {args.max_ratio}")
+    if args.finetune_epochs < 0 or args.latency_runs < 0:
+        raise DetpruneError("--finetune-epochs and --latency-runs must be >= 0")
+    if args.finetune_epochs > 0 and not args.data:
+        raise DetpruneError("--finetune-epochs needs --data to train on")
     if args.imgsz < 32 or args.batch_size < 1 or (args.max_images is not None and args.max_images < 1):
         raise DetpruneError("--imgsz must be >= 32, --batch-size and --max-images >= 1")
 
@@ -153,7 +173,8 @@ def load_stage(state: PruneRun) -> None:
         state.criterion = _criterion(args)
         if state.criterion.needs_data and not args.data:
             raise DetpruneError(f"criterion {args.criterion!r} scores on images: give --data (or --scores from 'detprune score')")
-    state.dataset = _dataset(args) if args.data else None
+    if args.data:
+        state.dataset, state.train, state.val = _datasets(args)
     state.adapter = get_adapter(args.model)
     names = state.dataset.class_names if state.dataset is not None else None
     model = state.adapter.load(args.model, weights=args.weights, class_names=names)
@@ -229,7 +250,57 @@ def write_stage(state: PruneRun) -> None:
     (folder / "config.yaml").write_text(yaml.safe_dump(recorded_config(args), sort_keys=False))
 
 
-STAGES: tuple[Callable[[PruneRun], None], ...] = (load_stage, score_stage, prune_stage, write_stage)
+def _summary(state: PruneRun, name: str, **info):
+    from detprune.workflow.measure import summarise
+
+    args = state.args
+    return summarise(state.adapter, state.model, state.val, imgsz=args.imgsz, batch_size=args.batch_size,
+                     latency_runs=args.latency_runs, onnx_path=state.folder / f"{name}.onnx", info=info)
+
+
+def baseline_stage(state: PruneRun) -> None:
+    """Evaluate the original model (metrics, cost, CPU latency) before anything is cut."""
+    if _evaluates(state.args):
+        state.before = _summary(state, "original", model=str(state.args.model))
+
+
+def finetune_stage(state: PruneRun) -> None:
+    """Fine-tune the pruned model with its family's trainer; the pruned shapes stay."""
+    from detprune.workflow.stages import finetune_variant
+
+    args = state.args
+    if args.finetune_epochs <= 0:
+        return
+    device = _device(args)
+    state.model = finetune_variant(
+        state.adapter, state.model, state.train, state.val, epochs=args.finetune_epochs, out_dir=state.folder,
+        imgsz=args.imgsz, batch=args.finetune_batch, lr=args.lr, seed=args.seed,
+        device="cpu" if device.type == "cpu" else str(device.index or 0),
+    )
+
+
+def evaluate_stage(state: PruneRun) -> None:
+    """Evaluate the pruned model with the same protocol; write report.json / report.md and plots."""
+    from detprune.evaluation.plots import save_report_plots
+    from detprune.evaluation.report import Report
+
+    args = state.args
+    if state.before is None:
+        return
+    target = state.result.target
+    after = _summary(state, "pruned", model=MARKER, criterion=args.criterion, target=target.describe(),
+                     round_to=args.round_to, finetune_epochs=args.finetune_epochs)
+    state.evaluation = Report.from_pair(state.before, after, run_info={
+        "model": str(args.model), "data": str(args.data), "criterion": args.criterion, "target": target.describe(),
+        "achieved": state.result.achieved, "round_to": args.round_to, "finetune_epochs": args.finetune_epochs,
+    })
+    state.evaluation.save(state.folder)
+    save_report_plots(state.evaluation, state.folder)
+
+
+STAGES: tuple[Callable[[PruneRun], None], ...] = (
+    load_stage, baseline_stage, score_stage, prune_stage, finetune_stage, evaluate_stage, write_stage,
+)
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -260,24 +331,35 @@ def _criterion(args: argparse.Namespace):
     return get_criterion(args.criterion, **options)
 
 
-def _dataset(args: argparse.Namespace):
-    import numpy as np
+def _datasets(args: argparse.Namespace):
+    """(scored images, fine-tuning split, evaluation split).
 
-    from detprune.data.loader import load_dataset
+    Evaluation and fine-tuning need a held-out split: then scoring draws from the training
+    split only. Without either (``--no-eval``, no epochs) every image of ``--split`` is scored.
+    """
+    from detprune.data.loader import load_dataset, load_train_val
     from detprune.errors import BadInputError
+    from detprune.workflow.stages import seeded_subset
 
     class_map = args.class_map
     if class_map is not None and str(class_map).endswith((".yaml", ".yml")):
         from detprune.data.yolo_format import load_yaml
 
         class_map = load_yaml(Path(class_map))
-    dataset = load_dataset(args.data, class_map=class_map, split=args.split)
-    if len(dataset) == 0:
+    train = val = None
+    if _evaluates(args) or args.finetune_epochs > 0:
+        train, val = load_train_val(args.data, class_map=class_map, val_fraction=args.val_fraction,
+                                    val_count=args.val_count, seed=args.seed)
+        scored = train
+    else:
+        scored = load_dataset(args.data, class_map=class_map, split=args.split)
+    if len(scored) == 0:
         raise BadInputError(f"{args.data}: the dataset has no images")
-    if args.max_images is not None and args.max_images < len(dataset):
-        chosen = np.random.default_rng(args.seed).choice(len(dataset), args.max_images, replace=False)
-        dataset = dataset.subset(sorted(int(i) for i in chosen))
-    return dataset
+    return seeded_subset(scored, args.max_images, args.seed), train, val
+
+
+def _evaluates(args: argparse.Namespace) -> bool:
+    return bool(args.data) and not args.no_eval
 
 
 def _json(data) -> str:
@@ -333,4 +415,8 @@ def _print_summary(state: PruneRun, out: Path) -> None:
     target = result.target
     print(f"target: {target.describe()}; reached {target.describe(result.achieved[target.kind])}; "
           f"{result.num_prunable_groups}/{result.num_groups} groups prunable; surgery {result.seconds.get('surgery', 0):.2f} s")
-    print(f"wrote {out / MARKER}, prune.json, channels.csv/.json/.png, scores.pt, config.yaml in {out}")
+    if state.evaluation is not None:
+        print()
+        print(state.evaluation.to_table())
+    extra = ", report.json/.md and plots" if state.evaluation is not None else ""
+    print(f"wrote {out / MARKER}, prune.json, channels.csv/.json/.png, scores.pt, config.yaml{extra} in {out}")

@@ -114,6 +114,8 @@ def image_size(path: Path) -> tuple[int, int] | None:
     try:
         with Image.open(path) as image:
             width, height = image.size
-    except (OSError, UnidentifiedImageError, ValueError):
+    except (OSError, UnidentifiedImageError, ValueError, ImportError):
+        # ImportError: where ultralytics is loaded it patches Image.open to retry unknown files
+        # with an optional HEIF plugin, which may be absent; the file is unreadable either way.
         return None
     return (int(width), int(height)) if width > 0 and height > 0 else None

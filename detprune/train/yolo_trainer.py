@@ -244,6 +244,28 @@ def _as_built(model: nn.Module) -> nn.Module:
     return model
 
 
+def _epoch_bar(trainer):
+    """One bar over the epochs with the latest validation mAP50: ultralytics' own output is
+    silenced by ``YOLO_VERBOSE=False``, and a long fine-tune should not look stalled."""
+    from detprune.utils.progress import progress_counter
+
+    bar = progress_counter(trainer.epochs, desc="fine-tune epochs")
+
+    def start(tr) -> None:  # a resumed run starts past epoch 0
+        bar.n = tr.start_epoch
+        bar.refresh()
+
+    def advance(tr) -> None:
+        bar.update(1)
+        value = (tr.metrics or {}).get("metrics/mAP50(B)")
+        if value is not None:
+            bar.set_postfix(mAP50=f"{float(value):.3f}")
+
+    trainer.add_callback("on_train_start", start)
+    trainer.add_callback("on_fit_epoch_end", advance)
+    return bar
+
+
 def _run(args: dict, expected: dict, run_dir: Path, callbacks: dict[str, Callable]) -> FinetuneResult:
     from ultralytics.nn.tasks import load_checkpoint
 
@@ -257,11 +279,14 @@ def _run(args: dict, expected: dict, run_dir: Path, callbacks: dict[str, Callabl
         raise DetpruneError(f"the trainer chose {trainer.save_dir} instead of {run_dir}")
     for event, function in callbacks.items():
         trainer.add_callback(event, function)
+    bar = _epoch_bar(trainer)
     started = time.perf_counter()
     try:
         trainer.train()
     except FileNotFoundError as error:  # e.g. a split folder without images
         raise BadInputError(f"{args['data']}: {_one_line(error)}") from None
+    finally:
+        bar.close()
     seconds = time.perf_counter() - started
 
     best = trainer.best if trainer.best.exists() else trainer.last

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import shutil
 import tempfile
 from pathlib import Path
@@ -30,6 +31,7 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        _as_created(tmp_path, 0o666)  # mkstemp makes 0600: give the mode a plain open() would
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
@@ -44,12 +46,24 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         yield tmp
+        _as_created(tmp, 0o777)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _as_created(path: Path, mode: int) -> None:
+    if path.exists() and not stat.S_ISLNK(path.lstat().st_mode):
+        os.chmod(path, mode & ~_umask())
 
 
 def write_text(target: str | os.PathLike, text: str) -> Path:

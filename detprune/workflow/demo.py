@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
 from detprune.evaluation.report import Report
 from detprune.utils.atomic import write_text
-from detprune.workflow.prune_run import PruneSettings, load_inputs, prune_variant, summarise_variant
 
 
 @dataclass
@@ -41,65 +41,73 @@ class DemoSettings:
     score_images: int = 64
     latency_runs: int = 30
     seed: int = 0
-    # SGD at 0.01 with a short warm-up: a from-scratch baseline learns the scenes in ~30 short
-    # epochs this way, where ultralytics' automatic choice (AdamW, small lr) needs far more.
-    finetune_options: dict = field(default_factory=lambda: {"lr0": 0.01, "warmup_epochs": 1})
+    # SGD at 0.01 with a one-epoch warm-up: a from-scratch baseline learns the scenes in ~30
+    # short epochs this way, where ultralytics' automatic choice (AdamW, small lr) needs far more.
+    train_options: dict = field(default_factory=lambda: {"lr": 0.01, "warmup_epochs": 1})
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "criteria": list(self.criteria)}
 
 
-def run_demo(settings: DemoSettings, log=print) -> Report:
+def run_demo(settings: DemoSettings, log: Callable[[str], None] = print) -> Report:
+    from detprune.adapters import get_adapter
+    from detprune.data.loader import load_train_val
     from detprune.data.synthetic import generate_scenes
     from detprune.evaluation.plots import save_report_plots
+    from detprune.pruning import prune_model
+    from detprune.workflow.measure import summarise
+    from detprune.workflow.stages import finetune_variant, score_channels, seeded_subset
 
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "config.yaml", yaml.safe_dump({**vars(settings), "criteria": list(settings.criteria)}, sort_keys=False))
+    write_text(out / "config.yaml", yaml.safe_dump(settings.as_dict(), sort_keys=False))
     seconds: dict[str, float] = {}
+    steps = 3 + len(settings.criteria)  # synthesise, baseline, one per criterion, report
 
     tick = time.perf_counter()
     data = generate_scenes(out / "data", num_images=settings.num_images, seed=settings.seed,
                            width=settings.width, height=settings.height)
+    train, val = load_train_val(data, val_count=settings.val_images, seed=settings.seed)
     seconds["synthesise"] = time.perf_counter() - tick
-    log(f"[1/5] {settings.num_images} synthetic scenes ({settings.width}x{settings.height}) in {data}")
-
-    base = PruneSettings(
-        model=settings.model, data=str(data), val_count=settings.val_images, imgsz=settings.imgsz,
-        batch=settings.batch, score_images=settings.score_images, latency_runs=settings.latency_runs,
-        seed=settings.seed, target_flops=settings.target_flops, finetune_epochs=settings.finetune_epochs,
-        finetune_options=dict(settings.finetune_options), out=str(out),
-    )
-    inputs = load_inputs(base)
+    log(f"[1/{steps}] {settings.num_images} synthetic driving scenes ({settings.width}x{settings.height}): "
+        f"{len(train)} to train on, {len(val)} to evaluate on, in {data}")
 
     tick = time.perf_counter()
-    log(f"[2/5] training the {settings.model} baseline for {settings.baseline_epochs} epochs")
-    from detprune.data.convert import write_yolo_dataset
-
-    data_yaml = write_yolo_dataset(inputs.train, inputs.val, out / "dataset")
-    inputs.model = inputs.adapter.finetune(
-        inputs.model, data_yaml, epochs=settings.baseline_epochs, out_dir=out / "baseline",
-        imgsz=settings.imgsz, batch=settings.batch, seed=settings.seed, exist_ok=True, **settings.finetune_options,
-    )
-    inputs.model = inputs.adapter.prepare_for_pruning(inputs.model)
-    inputs.adapter.save(inputs.model, out / "baseline.pt")
+    log(f"[2/{steps}] training the {settings.model} baseline from scratch for {settings.baseline_epochs} epochs")
+    adapter = get_adapter(settings.model)
+    model = adapter.load(settings.model, class_names=train.class_names)
+    train_options = dict(imgsz=settings.imgsz, batch=settings.batch, seed=settings.seed, **settings.train_options)
+    model = finetune_variant(adapter, model, train, val, epochs=settings.baseline_epochs,
+                             out_dir=out / "baseline", **train_options)
+    model = adapter.prepare_for_pruning(model)
+    adapter.save(model, out / "baseline" / "baseline.pt")
     seconds["baseline"] = time.perf_counter() - tick
 
-    report = Report(run_info={"demo": {**vars(settings), "criteria": list(settings.criteria)}, "seconds": seconds})
-    report.add("baseline", summarise_variant(inputs, inputs.model, base, out, "baseline", checkpoint=str(out / "baseline.pt")))
+    def summary(m, folder: Path, name: str, **info):
+        return summarise(adapter, m, val, imgsz=settings.imgsz, batch_size=settings.batch,
+                         latency_runs=settings.latency_runs, onnx_path=folder / f"{name}.onnx", info=info)
 
-    for step, criterion in enumerate(settings.criteria):
-        log(f"[{3 + step}/5] {criterion}: score, prune to {settings.target_flops:g} of FLOPs, "
-            f"fine-tune {settings.finetune_epochs} epochs")
+    report = Report(run_info={"demo": settings.as_dict(), "seconds": seconds})
+    report.add("baseline", summary(model, out / "baseline", "baseline", checkpoint="baseline/baseline.pt"))
+    scored = seeded_subset(train, settings.score_images, settings.seed)
+
+    for step, criterion in enumerate(settings.criteria, start=3):
+        log(f"[{step}/{steps}] {criterion}: score, prune to {settings.target_flops:g} of the FLOPs, "
+            f"fine-tune {settings.finetune_epochs} epochs, evaluate")
         tick = time.perf_counter()
-        variant = replace(base, criterion=criterion, out=str(out / criterion))
-        Path(variant.out).mkdir(parents=True, exist_ok=True)
-        stage: dict[str, float] = {}
-        pruned, result = prune_variant(copy.copy(inputs), variant, Path(variant.out), stage)
-        report.add(criterion, summarise_variant(
-            inputs, pruned, variant, Path(variant.out), "pruned", checkpoint=str(Path(variant.out) / "pruned.pt"),
-            criterion=criterion, flops_kept=result.achieved["flops"], finetune_epochs=settings.finetune_epochs,
-        ))
+        folder = out / criterion
+        scores = score_channels(adapter, model, scored, criterion, imgsz=settings.imgsz, batch_size=settings.batch)
+        pruned = prune_model(adapter, copy.deepcopy(model), scores, target_flops=settings.target_flops,
+                             imgsz=settings.imgsz)
+        tuned = finetune_variant(adapter, pruned.model, train, val, epochs=settings.finetune_epochs,
+                                 out_dir=folder, **train_options)
+        adapter.save(tuned, folder / "pruned.pt", meta={"criterion": criterion, "pruning": pruned.as_dict()})
+        report.add(criterion, summary(tuned, folder, "pruned", checkpoint=f"{criterion}/pruned.pt", criterion=criterion,
+                                      flops_kept=pruned.achieved["flops"], finetune_epochs=settings.finetune_epochs))
         seconds[criterion] = time.perf_counter() - tick
 
-    log("[5/5] report")
+    log(f"[{steps}/{steps}] report")
+    report.run_info["seconds"] = seconds
     report.save(out)
     save_report_plots(report, out)
     return report
