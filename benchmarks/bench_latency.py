@@ -30,12 +30,12 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_VERBOSE", "False")
 os.environ.setdefault("DETPRUNE_QUIET", "1")
 
-from detprune.commands.bench import model_cost  # noqa: E402
 from detprune.commands.export import load_model, parse_imgsz  # noqa: E402
 from detprune.errors import DetpruneError  # noqa: E402
 from detprune.export.latency import default_threads, onnxruntime_side_by_side  # noqa: E402
 from detprune.export.onnx import export_onnx  # noqa: E402
 from detprune.utils.atomic import write_text  # noqa: E402
+from detprune.workflow.measure import model_cost  # noqa: E402
 
 
 def pruned_variants(adapter, model, flops: list[float], round_to: list[int], imgsz):
@@ -54,7 +54,8 @@ def pruned_variants(adapter, model, flops: list[float], round_to: list[int], img
 def export_for_timing(adapter, model, args, path: Path) -> dict:
     """Cost of the model and its ONNX graph (unchecked: only its speed matters here)."""
     example = adapter.example_inputs(model, args.imgsz, args.batch)
-    params, flops = model_cost(model, example)
+    cost = model_cost(adapter, model, args.imgsz)
+    params, flops = cost.params, cost.flops
     export_onnx(adapter.export_module(model), example, path, check=False)
     return {"params": params, "flops": flops, "shape": list(example.shape)}
 

@@ -66,6 +66,37 @@ def apply_config(args: argparse.Namespace, argv: Sequence[str]) -> argparse.Name
     return build_parser_cached().parse_args(argv)
 
 
+def parse_command_line(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """Parse ``argv``; with ``--config``, a recipe field may stand in for a required flag.
+
+    argparse checks required flags before the recipe is read, so with ``--config`` they are
+    checked after it instead.
+    """
+    if not any(a == "--config" or a.startswith("--config=") for a in argv):
+        return apply_config(parser.parse_args(argv), argv)
+    relaxed = [a for p in _all_parsers(parser) for a in p._actions if a.required and a.option_strings]
+    for action in relaxed:
+        action.required = False
+    try:
+        args = apply_config(parser.parse_args(argv), argv)
+    finally:
+        for action in relaxed:
+            action.required = True
+    command_parser = getattr(args, "_parser", parser)
+    missing = [a.option_strings[0] for a in relaxed if a in command_parser._actions and getattr(args, a.dest, None) is None]
+    if missing:
+        command_parser.error(f"the following arguments are required (as flags or recipe fields): {', '.join(missing)}")
+    return args
+
+
+def _all_parsers(parser: argparse.ArgumentParser):
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _all_parsers(sub)
+
+
 _PARSER: argparse.ArgumentParser | None = None
 
 
@@ -83,9 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     global _PARSER
     _PARSER = None
     parser = build_parser_cached()
-    args = parser.parse_args(argv)
     try:
-        args = apply_config(args, argv)
+        args = parse_command_line(parser, argv)
         return int(args._run(args) or 0)
     except DetpruneError as err:
         print(f"detprune: error: {err}", file=sys.stderr)

@@ -190,8 +190,6 @@ def _assigned_score(criterion, raw: dict[str, torch.Tensor], targets: dict[str, 
 
 def predict(model: nn.Module, batch: Batch, *, conf: float, iou: float, max_det: int) -> list[Detections]:
     """Eval forward, ultralytics NMS (or the one-to-one head's top-k), boxes in original pixels."""
-    from ultralytics.utils.nms import non_max_suppression
-
     head = _head(model)
     end2end = bool(getattr(model, "end2end", False))
     saved_max_det = head.max_det
@@ -204,7 +202,18 @@ def predict(model: nn.Module, batch: Batch, *, conf: float, iou: float, max_det:
     finally:
         head.max_det = saved_max_det
         model.train(was_training)
-    rows = non_max_suppression(out, conf, iou, max_det=max_det, nc=head.nc, end2end=end2end)
+    return postprocess(out, batch, nc=head.nc, end2end=end2end, conf=conf, iou=iou, max_det=max_det)
+
+
+def postprocess(raw: Any, batch: Batch, *, nc: int, end2end: bool, conf: float, iou: float, max_det: int) -> list[Detections]:
+    """The model's (or its exported graph's) raw output -> detections in original-image pixels.
+
+    ``raw``: (B, 4 + nc, anchors) xywh in input pixels, or (B, max_det, 6) rows for a one-to-one
+    (``end2end``) head; an eval forward's (output, features) tuple is taken as is.
+    """
+    from ultralytics.utils.nms import non_max_suppression
+
+    rows = non_max_suppression(raw, conf, iou, max_det=max_det, nc=nc, end2end=end2end)
     detections = []
     for i, row in enumerate(rows):
         row = row.detach().float().cpu().numpy()

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from detprune.commands.outputs import check_output_folder
+
 HELP = "convert datasets (KITTI, COCO, YOLO) for training and evaluation, summarise them, synthesise scenes"
 
 
@@ -61,22 +63,6 @@ def _class_map(value: str | None):
     return load_yaml(Path(value))
 
 
-def _check_out(out: Path, src: Path | None, exist_ok: bool, marker: str) -> None:
-    """Refuse an existing output unless --exist-ok, and even then anything but our own output."""
-    from detprune.errors import DetpruneError
-
-    if src is not None:
-        src_r, out_r = src.resolve(), out.resolve()
-        if out_r == src_r or out_r in src_r.parents or src_r in out_r.parents:
-            raise DetpruneError(f"{out}: output overlaps the input {src}; choose another --out")
-    if not out.exists():
-        return
-    if not exist_ok:
-        raise DetpruneError(f"{out}: already exists; choose another --out or pass --exist-ok")
-    if not out.is_dir() or (any(out.iterdir()) and not (out / marker).exists()):
-        raise DetpruneError(f"{out}: exists and was not written by this command (no {marker}); refusing to replace it")
-
-
 def _skipped_note(*datasets) -> None:
     from collections import Counter
 
@@ -94,7 +80,7 @@ def _convert(args: argparse.Namespace) -> int:
     from detprune.errors import DetpruneError
 
     src, out = Path(args.src), Path(args.out)
-    _check_out(out, src, args.exist_ok, DATA_YAML if args.to == "yolo" else "annotations")
+    check_output_folder(out, args.exist_ok, DATA_YAML if args.to == "yolo" else "annotations", "detprune data convert", src)
     class_map = _class_map(args.class_map)
     if args.split:
         if args.to == "yolo":
@@ -141,7 +127,7 @@ def _synth(args: argparse.Namespace) -> int:
     from detprune.data.synthetic import generate_scenes
 
     out = Path(args.out)
-    _check_out(out, None, args.exist_ok, "synthetic.json")
+    check_output_folder(out, args.exist_ok, "synthetic.json", "detprune data synth")
     root = generate_scenes(out, args.num_images, seed=args.seed, width=args.width, height=args.height, exist_ok=args.exist_ok)
     print(f"wrote {args.num_images} scenes ({args.width}x{args.height}, seed {args.seed}) to {root}")
     return 0

@@ -22,6 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (17 or newer)")
     parser.add_argument("--keep-fp32", action="append", default=[], metavar="NODE",
                         help="ONNX node name to keep in FP32 besides the decode tail (repeatable)")
+    parser.add_argument("--eval-data", default=None, metavar="DATA",
+                        help="dataset to score the graphs on: mAP, mAP50 and AP_small of FP32 beside the converted graph")
+    parser.add_argument("--eval-images", type=int, default=None, help="score on a seeded subset of this many images")
+    parser.add_argument("--class-map", default=None, help="class map for a KITTI or COCO --eval-data")
 
 
 def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
@@ -84,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
     if args.data:
         select_images(args.data, args.calib_images, args.seed)  # a bad folder fails before the export
     adapter, model = load_model(args.model)
+    dataset = eval_dataset(args, adapter, model) if args.eval_data else None
     module = adapter.export_module(model)
     example = adapter.example_inputs(model, args.imgsz, args.batch)
     out = Path(args.out)
@@ -91,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
         result = export_onnx(module, example, out, opset=args.opset, dynamic_batch=args.dynamic_batch, simplify=args.simplify)
         print(f"fp32 vs PyTorch: {result.parity.describe()}")
         print(result.summary())
+        if dataset is not None:
+            print_accuracy(adapter, model, dataset, {"fp32": out})
         return 0
 
     with tempfile.TemporaryDirectory(prefix="detprune-export-") as work:
@@ -106,6 +113,42 @@ def run(args: argparse.Namespace) -> int:
             converted = quantize_int8(fp32.path, out, batches, method=args.calib_method, check_input=check,
                                       keep_fp32=args.keep_fp32,
                                       progress=lambda it: progress_bar(it, total=count, desc="calibrate"))
-    print(f"{converted.precision} vs fp32: {converted.parity.describe()}")
-    print(converted.summary())
+        print(f"{converted.precision} vs fp32: {converted.parity.describe()}")
+        print(converted.summary())
+        if dataset is not None:  # while the FP32 graph still exists
+            print_accuracy(adapter, model, dataset, {"fp32": fp32.path, converted.precision: out})
     return 0
+
+
+def eval_dataset(args, adapter, model):
+    """The ``--eval-data`` images (a seeded subset with ``--eval-images``), checked against the model's classes."""
+    from detprune.adapters import adapter_class
+    from detprune.data.loader import load_dataset
+    from detprune.errors import BadInputError, UnsupportedError
+    from detprune.workflow.stages import seeded_subset
+
+    if not isinstance(adapter, adapter_class("yolo")):
+        raise UnsupportedError("--eval-data scores YOLO graphs; this model's graph has another output format")
+    if args.eval_images is not None and args.eval_images < 1:
+        raise BadInputError(f"--eval-images must be >= 1, got {args.eval_images}")
+    dataset = seeded_subset(load_dataset(args.eval_data, class_map=args.class_map), args.eval_images, args.seed)
+    if len(dataset) == 0:
+        raise BadInputError(f"{args.eval_data}: the dataset has no images")
+    names = adapter.class_names(model)
+    if len(names) != len(dataset.class_names):
+        raise BadInputError(
+            f"{args.eval_data}: {len(dataset.class_names)} classes ({', '.join(dataset.class_names)}) but the model "
+            f"predicts {len(names)}; evaluate a checkpoint trained on these classes"
+        )
+    return dataset
+
+
+def print_accuracy(adapter, model, dataset, graphs: dict) -> dict:
+    """Score each graph on ONNX Runtime with the YOLO post-processing; print them side by side."""
+    from detprune.export.evaluate_onnx import evaluate_onnx, format_comparison, yolo_head_info, yolo_postprocess
+
+    postprocess = yolo_postprocess(**yolo_head_info(model))
+    metrics = {name: evaluate_onnx(path, dataset, postprocess) for name, path in graphs.items()}
+    print(f"accuracy on {len(dataset)} image(s) of {dataset.name or 'the evaluation data'} (ONNX Runtime, CPU):")
+    print(format_comparison(metrics))
+    return metrics

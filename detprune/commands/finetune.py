@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-HELP = "fine-tune a (pruned) YOLO model with the ultralytics trainer, keeping its pruned structure"
+HELP = "fine-tune a (pruned) model keeping its pruned structure (YOLO: the ultralytics trainer; Faster R-CNN: an SGD loop)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,7 +83,7 @@ def _dataset_yaml(data: str | None, out: Path, class_map: str | None) -> Path | 
 
 def _load_model(spec: str, out: Path, exist_ok: bool):
     from detprune.adapters import get_adapter
-    from detprune.errors import BadInputError, UnsupportedError
+    from detprune.errors import BadInputError
     from detprune.train.yolo_trainer import RUN_NAME
 
     path = Path(spec).resolve()
@@ -91,9 +91,22 @@ def _load_model(spec: str, out: Path, exist_ok: bool):
     if exist_ok and (path == run_dir or run_dir in path.parents):
         raise BadInputError(f"{spec}: lies inside the run folder --exist-ok would replace; choose another --out")
     adapter = get_adapter(spec)
-    if adapter.family != "yolo":
-        raise UnsupportedError(f"{spec}: fine-tuning runs the ultralytics trainer, so it takes YOLO models only")
-    return adapter.load(spec)
+    return adapter, adapter.load(spec)
+
+
+def _finetune_rcnn(args: argparse.Namespace, adapter, model) -> int:
+    """Faster R-CNN: detprune's SGD loop on the dataset's train/val splits (writes best.pt, last.pt)."""
+    from detprune.data.loader import load_train_val
+    from detprune.errors import BadInputError
+
+    if args.resume:
+        raise BadInputError("--resume continues ultralytics runs only; start the Faster R-CNN fine-tune again")
+    options = {k: v for k, v in (("imgsz", args.imgsz), ("batch_size", args.batch), ("lr", args.lr0),
+                                 ("device", args.device), ("seed", args.seed)) if v is not None}
+    train, val = load_train_val(args.data, class_map=args.class_map)
+    adapter.finetune(model, {"train": train, "val": val}, epochs=args.epochs, out_dir=Path(args.out), **options)
+    print(f"\nfine-tuned model: {Path(args.out) / 'best.pt'}")
+    return 0
 
 
 def _print_summary(result) -> None:
@@ -116,7 +129,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if not args.resume and (args.model is None or args.data is None or args.epochs is None):
         raise BadInputError("finetune needs --model, --data and --epochs (or --resume to continue a run in --out)")
-    model = _load_model(args.model, out, args.exist_ok and not args.resume) if args.model else None
+    adapter, model = _load_model(args.model, out, args.exist_ok and not args.resume) if args.model else (None, None)
+    if adapter is not None and adapter.family == "rcnn":
+        return _finetune_rcnn(args, adapter, model)
     result = finetune_yolo(
         model,
         _dataset_yaml(args.data, out, args.class_map),

@@ -24,9 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from detprune.commands.outputs import check_output_folder
+
 HELP = "prune a detector's channels to a FLOPs, parameter or channel target and write the smaller model"
 MARKER = "pruned.pt"
-TARGET_FLAGS = ("target_flops", "target_params", "ratio")
+TARGET_FLAGS = ("target_flops", "target_params", "ratio", "target_latency")
 # options that describe how a run writes, not what it computes: left out of config.yaml
 _NOT_RECORDED = {"config", "exist_ok", "help"}
 
@@ -47,6 +49,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     target.add_argument("--target-flops", type=float, default=None, help="fraction of the FLOPs to KEEP, e.g. 0.5")
     target.add_argument("--target-params", type=float, default=None, help="fraction of the parameters to KEEP")
     target.add_argument("--ratio", type=float, default=None, help="fraction of the prunable channels to REMOVE")
+    target.add_argument("--target-latency", type=float, default=None,
+                        help="fraction of the original latency to KEEP, measured on --backend (searched over the FLOPs)")
+    target.add_argument("--backend", choices=("onnxruntime", "torch-cuda", "tensorrt"), default="onnxruntime",
+                        help="where --target-latency is measured (default onnxruntime on the CPU)")
+    target.add_argument("--latency-tolerance", type=float, default=0.05,
+                        help="accepted relative distance of the measured latency ratio from the target (default 0.05)")
+    target.add_argument("--search-runs", type=int, default=30, help="timed runs per model and candidate of the latency search")
     limits = parser.add_argument_group("allocation")
     limits.add_argument("--per-layer", action="store_true", default=False,
                         help="remove the same fraction from every group instead of one global ranking")
@@ -87,6 +96,7 @@ class PruneRun:
     criterion: Any = None
     scores: dict = field(default_factory=dict)
     result: Any = None
+    latency: Any = None  # the latency search, with --target-latency
     report: dict = field(default_factory=dict)
 
 
@@ -96,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     _pick_target(args)
     _validate(args)
     out = Path(args.out)
-    _check_out(out, args.exist_ok)
+    check_output_folder(out, args.exist_ok, MARKER, "detprune prune")
     with atomic_dir(out) as tmp:
         state = PruneRun(args, tmp)
         for stage in STAGES:
@@ -124,10 +134,14 @@ def _validate(args: argparse.Namespace) -> None:
     from detprune.errors import DetpruneError
     from detprune.pruning.targets import make_target
 
-    flags = {"target_flops": "--target-flops", "target_params": "--target-params", "ratio": "--ratio"}
+    flags = {"target_flops": "--target-flops", "target_params": "--target-params", "ratio": "--ratio",
+             "target_latency": "--target-latency"}
     given = [flags[k] for k in TARGET_FLAGS if getattr(args, k) is not None]
     if len(given) != 1:
-        raise DetpruneError("give one target: --target-flops, --target-params or --ratio" + (f" (got {' and '.join(given)})" if given else ""))
+        raise DetpruneError("give one target: --target-flops, --target-params, --ratio or --target-latency"
+                            + (f" (got {' and '.join(given)})" if given else ""))
+    if args.target_latency is not None:
+        _validate_latency(args)
     try:
         make_target(ratio=args.ratio, target_flops=args.target_flops, target_params=args.target_params, strict=True)
     except DetpruneError as err:
@@ -149,15 +163,15 @@ def _validate(args: argparse.Namespace) -> None:
         raise DetpruneError("--imgsz must be >= 32, --batch-size and --max-images >= 1")
 
 
-def _check_out(out: Path, exist_ok: bool) -> None:
+def _validate_latency(args: argparse.Namespace) -> None:
     from detprune.errors import DetpruneError
+    from detprune.pruning.latency_target import check_backend
+    from detprune.pruning.targets import check_fraction
 
-    if not out.exists():
-        return
-    if not exist_ok:
-        raise DetpruneError(f"{out}: already exists; choose another --out or pass --exist-ok")
-    if not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).exists()):
-        raise DetpruneError(f"{out}: exists and was not written by 'detprune prune' (no {MARKER}); refusing to replace it")
+    check_fraction("--target-latency", args.target_latency)
+    if not 0 < args.latency_tolerance < 1 or args.search_runs < 1:
+        raise DetpruneError("--latency-tolerance must lie in (0, 1) and --search-runs be >= 1")
+    check_backend(args.backend)
 
 
 # --- stages ---------------------------------------------------------------------------------
@@ -215,6 +229,17 @@ def prune_stage(state: PruneRun) -> None:
     from detprune.pruning import prune_model
 
     args = state.args
+    if args.target_latency is not None:
+        from detprune.pruning.latency_target import prune_to_latency
+
+        state.result, state.latency = prune_to_latency(
+            state.adapter, state.model, state.scores, target=args.target_latency, backend=args.backend,
+            tolerance=args.latency_tolerance, imgsz=args.imgsz, runs=args.search_runs, progress=print,
+            global_ranking=not args.per_layer, round_to=args.round_to, min_channels=args.min_channels,
+            max_ratio=args.max_ratio, normalisation=args.normalisation,
+        )
+        state.model = state.result.model
+        return
     state.result = prune_model(
         state.adapter,
         state.model,
@@ -393,6 +418,8 @@ def _report(state: PruneRun) -> dict:
     report["criterion"] = None if state.args.scores else state.args.criterion
     report["scores"] = "scores.pt"
     report["imgsz"] = state.args.imgsz
+    if state.latency is not None:
+        report["latency_target"] = state.latency.as_dict()
     report["flops_unit"] = "FLOPs = 2 x MACs, MACs counted by torch_pruning.utils.count_ops_and_params"
     report["versions"] = {"detprune": __version__, "torch": torch.__version__, "torch_pruning": torch_pruning.__version__,
                           "python": platform.python_version()}
@@ -415,6 +442,10 @@ def _print_summary(state: PruneRun, out: Path) -> None:
     target = result.target
     print(f"target: {target.describe()}; reached {target.describe(result.achieved[target.kind])}; "
           f"{result.num_prunable_groups}/{result.num_groups} groups prunable; surgery {result.seconds.get('surgery', 0):.2f} s")
+    if state.latency is not None:
+        search = state.latency
+        print(f"latency: x{search.measured_ratio:.3f} of the original on {search.backend} (target x{search.target:g} "
+              f"± {search.tolerance:.0%}, {len(search.candidates)} candidate(s) measured, round to {search.round_to})")
     if state.evaluation is not None:
         print()
         print(state.evaluation.to_table())

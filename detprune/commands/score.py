@@ -14,6 +14,8 @@ import inspect
 import json
 from pathlib import Path
 
+from detprune.commands.outputs import check_output_folder
+
 HELP = "score every prunable channel (box-weighted saliency, Taylor, magnitude, ...) and write the scores"
 MARKER = "scores.pt"
 # flag dest -> constructor keyword; a flag given for a criterion that lacks the keyword is an error
@@ -68,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from detprune.errors import DetpruneError
 
     out = Path(args.out)
-    _check_out(out, args.exist_ok)
+    check_output_folder(out, args.exist_ok, MARKER, "detprune score")
     if args.imgsz < 32 or args.batch_size < 1 or (args.max_images is not None and args.max_images < 1):
         raise DetpruneError("--imgsz must be >= 32, --batch-size and --max-images >= 1")
     criterion = _criterion(args, get_criterion)
@@ -88,17 +90,6 @@ def run(args: argparse.Namespace) -> int:
     _write(out, scores, summary, lambda folder: _plots(args, criterion, adapter, model, dataset, scores, folder))
     _print_table(summary, out)
     return 0
-
-
-def _check_out(out: Path, exist_ok: bool) -> None:
-    from detprune.errors import DetpruneError
-
-    if not out.exists():
-        return
-    if not exist_ok:
-        raise DetpruneError(f"{out}: already exists; choose another --out or pass --exist-ok")
-    if not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).exists()):
-        raise DetpruneError(f"{out}: exists and was not written by 'detprune score' (no {MARKER}); refusing to replace it")
 
 
 def _criterion(args: argparse.Namespace, get_criterion):

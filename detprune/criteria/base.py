@@ -33,6 +33,8 @@ class Criterion(ABC):
 _REGISTRY: dict[str, type[Criterion]] = {}
 # modules that register criteria when imported
 _MODULES = (
+    "detprune.criteria.car",
+    "detprune.criteria.catro",
     "detprune.criteria.magnitude",
     "detprune.criteria.random",
     "detprune.criteria.saliency",

@@ -120,9 +120,8 @@ def _read_frame(label_path: Path, image_path: Path | None, cmap, problems: v.Bad
     if image_path is None:
         problems.report(v.LABEL_WITHOUT_IMAGE, f"{label_path}: no image {label_path.stem}.png/.jpg/.jpeg beside it in image_2/")
         return None
-    size = v.image_size(image_path)
+    size = v.readable_size(image_path, problems)
     if size is None:
-        problems.report(v.UNREADABLE_IMAGE, f"{image_path}: cannot read image (empty, truncated or not an image)")
         return None
     width, height = size
     boxes, labels, ignore, truncation, occlusion = [], [], [], [], []

@@ -119,3 +119,11 @@ def image_size(path: Path) -> tuple[int, int] | None:
         # with an optional HEIF plugin, which may be absent; the file is unreadable either way.
         return None
     return (int(width), int(height)) if width > 0 and height > 0 else None
+
+
+def readable_size(path: Path, problems: "BadInputs") -> tuple[int, int] | None:
+    """:func:`image_size`, reporting an unreadable image to ``problems`` (None then)."""
+    size = image_size(path)
+    if size is None:
+        problems.report(UNREADABLE_IMAGE, f"{path}: cannot read image (empty, truncated or not an image)")
+    return size

@@ -193,9 +193,8 @@ def _read_one(image_path: Path, num_classes: int | None, problems: v.BadInputs) 
     if not image_path.is_file():
         problems.report(v.LABEL_WITHOUT_IMAGE, f"{image_path}: image listed but not found")
         return None
-    size = v.image_size(image_path)
+    size = v.readable_size(image_path, problems)
     if size is None:
-        problems.report(v.UNREADABLE_IMAGE, f"{image_path}: cannot read image (empty, truncated or not an image)")
         return None
     width, height = size
     label_path = label_path_for(image_path)

@@ -1,0 +1,215 @@
+"""Prune to a measured latency: the FLOPs fraction whose pruned model runs at a target share of the original's time.
+
+Latency does not fall in proportion to FLOPs (memory traffic, kernel launches and widths that
+miss the hardware's tiles do not shrink with them), and how it falls depends on the backend.
+So the search measures: each candidate FLOPs fraction is pruned on a deep copy with
+:func:`detprune.pruning.prune_model`, exported, and timed against the original on the chosen
+backend; bisection on the FLOPs fraction (the latency ratio falls as it falls) stops at the
+first candidate whose measured ratio lies within ``tolerance`` of the target.
+
+Measurements are noisy, so the tolerance is relative (5% by default: a target of 0.6 accepts
+0.57..0.63), ONNX Runtime candidates are timed interleaved with the original
+(:func:`onnxruntime_side_by_side`) after a warm-up, and the GPU backends time the original
+again beside every candidate.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from detprune.adapters.base import DetectorAdapter
+from detprune.errors import DetpruneError, UnsupportedError
+from detprune.pruning.pruner import PruneResult, prune_model
+from detprune.pruning.targets import check_fraction
+
+DEFAULT_LATENCY_TOLERANCE = 0.05
+LOWEST_FLOPS = 0.05  # below this the search does not go: no detector survives it
+
+
+@dataclass
+class Candidate:
+    """One measured point: a FLOPs target, what the pruner reached, and the latency ratio timed."""
+
+    flops_target: float
+    flops_kept: float | None  # None where the pruner could not reach the FLOPs target
+    latency_ratio: float | None
+    original_ms: float | None = None
+    pruned_ms: float | None = None
+    note: str | None = None
+
+
+@dataclass
+class LatencySearch:
+    """The search's settings and every candidate it measured; ``chosen`` indexes the accepted one."""
+
+    target: float
+    backend: str
+    tolerance: float
+    round_to: int
+    imgsz: Any
+    warmup: int
+    runs: int
+    candidates: list[Candidate] = field(default_factory=list)
+    chosen: int | None = None
+    device: str | None = None
+
+    @property
+    def measured_ratio(self) -> float | None:
+        return None if self.chosen is None else self.candidates[self.chosen].latency_ratio
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out["measured_ratio"] = self.measured_ratio
+        return out
+
+
+def check_backend(backend: str) -> None:
+    """A one-line error, before anything is pruned, where ``backend`` cannot run on this machine."""
+    from detprune.export.latency import BACKENDS
+
+    if backend not in BACKENDS:
+        raise DetpruneError(f"unknown latency backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend in ("torch-cuda", "tensorrt") and not torch.cuda.is_available():
+        raise UnsupportedError(f"the {backend} backend needs a CUDA GPU; PyTorch sees none (torch.cuda.is_available() is False)")
+    if backend == "tensorrt":
+        from detprune.export.tensorrt import import_tensorrt
+
+        import_tensorrt()
+
+
+def prune_to_latency(
+    adapter: DetectorAdapter,
+    model: nn.Module,
+    scores: Mapping[str, torch.Tensor],
+    *,
+    target: float,
+    backend: str = "onnxruntime",
+    tolerance: float = DEFAULT_LATENCY_TOLERANCE,
+    max_steps: int = 6,
+    imgsz: int = 320,
+    warmup: int = 5,
+    runs: int = 30,
+    threads: int | None = None,
+    progress: Callable[[str], None] | None = None,
+    **prune_options: Any,
+) -> tuple[PruneResult, LatencySearch]:
+    """Prune a copy of ``model`` until its measured latency is ``target`` x the original's.
+
+    ``prune_options`` go to :func:`prune_model` (round_to, min_channels, ...; not a target).
+    Returns the pruned copy's :class:`PruneResult` and the search record. Where no candidate
+    lands within ``tolerance`` after ``max_steps`` measurements, a one-line error names the
+    closest measured ratio. ``model`` is left as it was given.
+    """
+    target = check_fraction("target_latency", target)
+    if not 0 < tolerance < 1:
+        raise DetpruneError(f"latency tolerance must lie in (0, 1), got {tolerance}")
+    if max_steps < 1 or runs < 1 or warmup < 0:
+        raise DetpruneError("need max_steps >= 1, runs >= 1 and warmup >= 0 for a latency search")
+    check_backend(backend)
+    search = LatencySearch(target, backend, tolerance, int(prune_options.get("round_to", 8)), imgsz, warmup, runs)
+    say = progress or (lambda _: None)
+    low, high = LOWEST_FLOPS, 1.0  # FLOPs fractions: latency ratio below / above the target
+    fraction = target  # latency falls more slowly than FLOPs, so this is usually too high: a first bracket
+    with tempfile.TemporaryDirectory(prefix="detprune-latency-target-") as work:
+        timer = _Timer(adapter, model, backend, imgsz, warmup, runs, threads, Path(work))
+        for _ in range(max_steps):
+            candidate, result = _measure(adapter, model, scores, fraction, imgsz, timer, prune_options)
+            search.candidates.append(candidate)
+            search.device = timer.device
+            if candidate.latency_ratio is None:  # the pruner cannot cut this deep: the floor is above it
+                say(f"FLOPs {fraction:.1%}: {candidate.note}")
+                low = fraction
+            else:
+                say(f"FLOPs {candidate.flops_kept:.1%} kept: latency x{candidate.latency_ratio:.3f} on {backend}")
+                if abs(candidate.latency_ratio - target) <= tolerance * target:
+                    search.chosen = len(search.candidates) - 1
+                    return result, search
+                if candidate.latency_ratio > target:
+                    high = fraction
+                else:
+                    low = fraction
+            fraction = (low + high) / 2
+            if high - low < 1e-3:
+                break
+    measured = [c for c in search.candidates if c.latency_ratio is not None]
+    if not measured:
+        raise DetpruneError(f"--target-latency {target:g}: no candidate could be pruned ({search.candidates[-1].note})")
+    closest = min(measured, key=lambda c: abs(c.latency_ratio - target))
+    raise DetpruneError(
+        f"--target-latency {target:g} not reached on {backend} within {tolerance:.0%}: the closest measured latency ratio "
+        f"was {closest.latency_ratio:.3f} (at {closest.flops_kept:.1%} of the FLOPs) after {len(search.candidates)} candidates"
+    )
+
+
+def _measure(adapter, model, scores, fraction, imgsz, timer: "_Timer", prune_options) -> tuple[Candidate, PruneResult | None]:
+    candidate_model = copy.deepcopy(model)
+    try:
+        result = prune_model(adapter, candidate_model, scores, target_flops=fraction, imgsz=imgsz, **prune_options)
+    except DetpruneError as err:
+        return Candidate(fraction, None, None, note=str(err)), None
+    original_ms, pruned_ms = timer.ratio(result.model)
+    return Candidate(fraction, result.achieved["flops"], pruned_ms / original_ms, original_ms, pruned_ms), result
+
+
+class _Timer:
+    """Times a pruned candidate against the original on one backend, the same way every time."""
+
+    def __init__(self, adapter, original, backend, imgsz, warmup, runs, threads, work: Path):
+        self.adapter, self.backend, self.imgsz = adapter, backend, imgsz
+        self.warmup, self.runs, self.threads, self.work = warmup, runs, threads, work
+        self.original = original
+        self.device: str | None = None
+        self.count = 0
+        self.original_artifact = None
+
+    def ratio(self, pruned: nn.Module) -> tuple[float, float]:
+        """(original ms, pruned ms): medians taken in the same session."""
+        self.count += 1
+        if self.original_artifact is None:
+            self.original_artifact = self._artifact(self.original, "original")
+        candidate = self._artifact(pruned, f"candidate{self.count}")
+        shape = self._shape(self.original)
+        if self.backend == "onnxruntime":
+            from detprune.export.latency import onnxruntime_side_by_side
+
+            stats = onnxruntime_side_by_side({"original": self.original_artifact, "pruned": candidate}, shape,
+                                             self.warmup, self.runs, threads=self.threads)
+            first, second = stats["original"], stats["pruned"]
+        else:
+            from detprune.export.latency import measure_latency
+
+            # the original again beside each candidate: GPU clocks drift between measurements
+            first = measure_latency(self.backend, self.original_artifact, shape, self.warmup, self.runs)
+            second = measure_latency(self.backend, candidate, shape, self.warmup, self.runs)
+        self.device = first.device
+        return first.median_ms, second.median_ms
+
+    def _shape(self, model) -> list[int]:
+        return list(self.adapter.example_inputs(model, self.imgsz).shape)
+
+    def _artifact(self, model: nn.Module, tag: str):
+        """What the backend times: an ONNX file, an nn.Module, or a TensorRT engine."""
+        module = self.adapter.export_module(model)
+        if self.backend == "torch-cuda":
+            return module
+        from detprune.export.onnx import export_onnx
+
+        example = self.adapter.example_inputs(model, self.imgsz)
+        path = export_onnx(module, example, self.work / f"{tag}.onnx", check=False).path
+        if self.backend == "onnxruntime":
+            return path
+        from detprune.export.precision import convert_fp16
+        from detprune.export.tensorrt import build_engine, import_tensorrt, version_major
+
+        if version_major(import_tensorrt().__version__) >= 11:  # strongly typed: precision comes from the graph
+            path = convert_fp16(path, self.work / f"{tag}.fp16.onnx").path
+        engine = self.work / f"{tag}.engine"
+        build_engine(path, engine, precision="fp16", timing_cache=self.work / "timing.cache")
+        return engine
