@@ -12,7 +12,8 @@ the most small-object AP, once the pruned model is fine-tuned with a fixed budge
    with the same budget, evaluate on the val split (mAP50, mAP50-95, AP_small, KITTI moderate
    AP_R40), count params and FLOPs, time ONNX Runtime on the CPU;
 4. tabulate mean and standard deviation over seeds per (target, criterion) beside the
-   unpruned baseline; print the Markdown table, write ``results.json`` and ``results.md``.
+   unpruned baseline; print the Markdown table, write ``results.json`` and ``results.md``
+   (and the baseline as ``<out>/baseline.pt``).
 
 The seed drives the scoring images' order, the random criterion and the fine-tuning run; the
 split stays fixed (``--split-seed``), so every row is measured on the same 15 frames. Each
@@ -228,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     log(f"data: {len(train)} train / {len(val)} val frames from {args.data}; classes {', '.join(train.class_names)}")
     adapter = YoloAdapter()
     base_model, base_checkpoint = baseline(args, adapter, train, val, log)
+    # a stable path for single 'detprune prune' runs on the same model (configs/yolov5n-kitti-tiny-benchmark.yaml)
+    adapter.save(base_model, Path(args.out) / "baseline.pt", meta={"compare_criteria_baseline": base_checkpoint})
     base = measure(args, adapter, base_model, val)
     log("baseline: " + ", ".join(f"{c} {fmt(base[c])}" for c, _ in METRICS))
     base_key = settings_key({"checkpoint": base_checkpoint, "mtime": Path(base_checkpoint).stat().st_mtime})
