@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
 from torch import nn
 
 from detprune.errors import BadInputError, DetpruneError, UnsupportedError
@@ -271,10 +272,15 @@ def _run(args: dict, expected: dict, run_dir: Path, callbacks: dict[str, Callabl
 
     from detprune.train.pruned_trainer import PrunedDetectionTrainer
 
+    threads = torch.get_num_threads()
     try:
         trainer = PrunedDetectionTrainer(overrides=args)
     except (RuntimeError, ValueError) as error:  # ultralytics' dataset and device checks
         raise BadInputError(f"the ultralytics trainer refused the run: {_one_line(error)}") from None
+    finally:
+        # ultralytics' CPU device selection leaves one core idle (cpu_count - 1 threads): on a
+        # 2-core machine that halves training speed, so the caller's thread count is restored.
+        torch.set_num_threads(threads)
     if trainer.save_dir != run_dir:
         raise DetpruneError(f"the trainer chose {trainer.save_dir} instead of {run_dir}")
     for event, function in callbacks.items():
@@ -287,6 +293,7 @@ def _run(args: dict, expected: dict, run_dir: Path, callbacks: dict[str, Callabl
         raise BadInputError(f"{args['data']}: {_one_line(error)}") from None
     finally:
         bar.close()
+        torch.set_num_threads(threads)  # the final validation selects the device again
     seconds = time.perf_counter() - started
 
     best = trainer.best if trainer.best.exists() else trainer.last
