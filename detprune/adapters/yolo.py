@@ -231,13 +231,16 @@ class YoloAdapter(DetectorAdapter):
     def save(self, model: nn.Module, path: str | Path, meta: dict | None = None) -> Path:
         """An ultralytics checkpoint: ``ultralytics.YOLO(path)`` loads it where detprune is installed."""
         from ultralytics import __version__
+        from ultralytics.utils import DEFAULT_CFG_KEYS
+
         from detprune.utils.atomic import atomic_path
 
-        saved = _clean_copy(model).float()
+        saved = _clean_copy(model).float().eval()
         args = getattr(model, "args", None)
         train_args = dict(vars(args)) if hasattr(args, "__dict__") else dict(args or {})
         train_args.setdefault("task", "detect")
-        train_args = {k: (str(v) if isinstance(v, Path) else v) for k, v in train_args.items()}
+        # only the trainer's own settings: ultralytics rejects unknown keys when it resumes
+        train_args = {k: (str(v) if isinstance(v, Path) else v) for k, v in train_args.items() if k in DEFAULT_CFG_KEYS}
         saved.args = train_args
         ckpt = {
             "date": datetime.now(timezone.utc).isoformat(),

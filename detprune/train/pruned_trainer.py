@@ -59,26 +59,9 @@ def make_trainable(model: nn.Module) -> nn.Module:
 
 def write_model_checkpoint(model: nn.Module, path: str | Path) -> Path:
     """An ultralytics checkpoint holding ``model`` itself (FP32), for the trainer to start from."""
-    saved = deepcopy(model).float().eval()
-    if hasattr(saved, "criterion"):
-        saved.criterion = None
-    for module in saved.modules():  # hooks left by scoring would run (and hold tensors) in every training step
-        for hooks in (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks):
-            hooks.clear()
-    args = getattr(saved, "args", None)
-    train_args = dict(vars(args)) if hasattr(args, "__dict__") else dict(args or {})
-    ckpt = {
-        "date": datetime.now(timezone.utc).isoformat(),
-        "version": ULTRALYTICS_VERSION,
-        "epoch": -1,
-        "model": saved,
-        "ema": None,
-        "train_args": {k: v for k, v in train_args.items() if k in DEFAULT_CFG_KEYS},
-        "detprune": {"version": DETPRUNE_VERSION, "role": "start"},
-    }
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(ckpt, tmp)
-    return Path(path)
+    from detprune.adapters.yolo import YoloAdapter
+
+    return YoloAdapter().save(model, path, meta={"version": DETPRUNE_VERSION, "role": "start"})
 
 
 def finalize_checkpoint(path: str | Path, updates: dict[str, Any] | None = None) -> dict:
