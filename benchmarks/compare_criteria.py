@@ -77,6 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--criteria", default="saliency,l1,taylor,random", help="criterion names, comma-separated")
     p.add_argument("--seeds", default="0,1,2", help="seeds, comma-separated (>= 3 for a spread)")
     p.add_argument("--round-to", type=int, default=8)
+    p.add_argument("--car-max-channels", type=int, default=4,
+                   help="CAR: channels masked per layer (the rest get the layer's median score)")
     p.add_argument("--latency-runs", type=int, default=50, help="timed ONNX Runtime runs per model (0 = none)")
     p.add_argument("--out", default="runs/compare_criteria", help="results, cache and per-run folders")
     args = p.parse_args(argv)
@@ -137,10 +139,12 @@ def measure(args: argparse.Namespace, adapter: YoloAdapter, model, val) -> dict:
     return row
 
 
-def criterion_options(name: str, seed: int) -> dict:
-    """The seed for criteria that take one (random, taylor's image order); no progress bars."""
+def criterion_options(name: str, seed: int, args: argparse.Namespace) -> dict:
+    """The seed for criteria that take one (random, taylor's image order); no progress bars;
+    CAR's channel sampling (each masked channel costs one pass over the scoring images)."""
     accepted = set(inspect.signature(type(get_criterion(name)).__init__).parameters)
-    return {k: v for k, v in (("seed", seed), ("progress", False)) if k in accepted}
+    options = (("seed", seed), ("progress", False), ("max_channels_per_layer", args.car_max_channels))
+    return {k: v for k, v in options if k in accepted}
 
 
 def one_run(args, adapter, base_model, base_key: str, train, val, target: float, criterion: str, seed: int, log) -> dict:
@@ -157,7 +161,7 @@ def one_run(args, adapter, base_model, base_key: str, train, val, target: float,
     tick = time.perf_counter()
     model = copy.deepcopy(base_model)
     scores = score_channels(adapter, model, train, criterion, imgsz=args.imgsz, batch_size=args.batch,
-                            **criterion_options(criterion, seed))
+                            **criterion_options(criterion, seed, args))
     scored = time.perf_counter()
     pruned = prune_model(adapter, model, scores, target_flops=target, round_to=args.round_to, imgsz=args.imgsz)
     tuned = finetune_variant(adapter, pruned.model, train, val, epochs=args.finetune_epochs, out_dir=folder,
@@ -170,7 +174,8 @@ def one_run(args, adapter, base_model, base_key: str, train, val, target: float,
 
 def summarise(runs: list[dict]) -> dict:
     """Mean and standard deviation over seeds of every numeric column."""
-    columns = [c for c, _ in METRICS] + ["params", "flops", "latency_ms", "flops_kept"]
+    columns = [c for c, _ in METRICS] + ["params", "flops", "latency_ms", "flops_kept", "score_s"]
+    runs = [{**r, "score_s": r["seconds"]["score"]} for r in runs]
     out: dict[str, Any] = {"seeds": len(runs)}
     for column in columns:
         values = [r[column] for r in runs if r.get(column) is not None]
@@ -202,16 +207,16 @@ def fmt(cell: Any, digits: int = 1) -> str:
 
 
 def markdown(base: dict, rows: dict, args: argparse.Namespace) -> str:
-    head = ["FLOPs target", "criterion", "seeds", "FLOPs kept", *[c for c, _ in METRICS], "Δ mAP50", "params (M)", "GFLOPs", "CPU ms"]
+    head = ["FLOPs target", "criterion", "seeds", "FLOPs kept", *[c for c, _ in METRICS], "Δ mAP50", "params (M)", "GFLOPs", "CPU ms", "scoring s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines.append("| 1.0 | unpruned | - | 100% | " + " | ".join(fmt(base[c]) for c, _ in METRICS)
-                 + f" | - | {base['params'] / 1e6:.2f} | {base['flops'] / 1e9:.2f} | {fmt(base['latency_ms'])} |")
+                 + f" | - | {base['params'] / 1e6:.2f} | {base['flops'] / 1e9:.2f} | {fmt(base['latency_ms'])} | - |")
     for (target, criterion), s in rows.items():
         delta = {"mean": s["mAP50"]["mean"] - base["mAP50"], "std": s["mAP50"]["std"]}
         lines.append(f"| {target:g} | {criterion} | {s['seeds']} | {s['flops_kept']['mean']:.1%} | "
                      + " | ".join(fmt(s.get(c)) for c, _ in METRICS)
                      + f" | {delta['mean']:+.1f} | {s['params']['mean'] / 1e6:.2f} | {s['flops']['mean'] / 1e9:.2f}"
-                     + f" | {fmt(s.get('latency_ms'))} |")
+                     + f" | {fmt(s.get('latency_ms'))} | {fmt(s.get('score_s'))} |")
     note = (f"\nAP in points on {args.val_count} held-out frames (mean ± std over seeds {','.join(map(str, args.seeds))}); "
             f"{args.imgsz} px; baseline {args.baseline_epochs} epochs, fine-tuning {args.finetune_epochs} epochs; "
             f"GFLOPs = 2 x GMACs at {args.imgsz} px; CPU ms = ONNX Runtime median at batch 1.\n")
