@@ -42,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--class-map", default=None, help="class map for a KITTI or COCO --data")
     scoring = parser.add_argument_group("scoring")
     scoring.add_argument("--criterion", default="magnitude", help="magnitude (= l1, default), l2, bn-scale, random, saliency, taylor ...")
+    scoring.add_argument("--criterion-option", action="append", default=None, metavar="KEY=VALUE",
+                         help="an option of the criterion, e.g. max_channels_per_layer=4 for car (repeatable)")
     scoring.add_argument("--scores", default=None, help="a scores.pt written by 'detprune score', used instead of --criterion")
     scoring.add_argument("--batch-size", type=int, default=8, help="batch size of data-driven scoring")
     scoring.add_argument("--max-images", type=int, default=None, help="score on a seeded random subset of this many images")
@@ -346,14 +348,9 @@ def _device(args: argparse.Namespace):
 
 
 def _criterion(args: argparse.Namespace):
-    import inspect
+    from detprune.criteria.base import build_criterion, parse_options
 
-    from detprune.criteria import get_criterion
-
-    cls = type(get_criterion(args.criterion))
-    accepted = set(inspect.signature(cls.__init__).parameters)
-    options = {k: v for k, v in (("seed", args.seed), ("progress", True)) if k in accepted}
-    return get_criterion(args.criterion, **options)
+    return build_criterion(args.criterion, parse_options(args.criterion_option), {"seed": args.seed, "progress": True})
 
 
 def _datasets(args: argparse.Namespace):

@@ -37,7 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default=None, help="dataset: KITTI folder, YOLO folder or yaml, dataset yaml, COCO json")
     parser.add_argument("--split", default=None, help="which split of --data to score on (where it has several)")
     parser.add_argument("--class-map", default=None, help="KITTI: kitti3 (default) ...; COCO: coco-traffic (default), coco-all")
-    parser.add_argument("--criterion", default="saliency", help="saliency (default), taylor, l1, l2, bn, random ...")
+    parser.add_argument("--criterion", default="saliency", help="saliency (default), taylor, l1, l2, bn, random, catro, car ...")
+    parser.add_argument("--criterion-option", action="append", default=None, metavar="KEY=VALUE",
+                        help="any other option of the criterion, e.g. samples_per_class=20 for catro (repeatable)")
     box = parser.add_argument_group("box-weighted saliency")
     box.add_argument("--context", type=float, default=None, help="weight of the ring around each box (default 0.5)")
     box.add_argument("--context-scale", type=float, default=None, help="box growth factor bounding the ring (default 1.5)")
@@ -94,11 +96,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _criterion(args: argparse.Namespace, get_criterion):
     """The criterion with the options given on the command line (and the seed where it takes one)."""
+    from detprune.criteria.base import build_criterion, parse_options
     from detprune.errors import DetpruneError
 
-    probe = get_criterion(args.criterion)
-    accepted = set(inspect.signature(type(probe).__init__).parameters)
-    options = {}
+    accepted = set(inspect.signature(type(get_criterion(args.criterion)).__init__).parameters)
+    options = parse_options(args.criterion_option)
     for dest, keyword in CRITERION_FLAGS.items():
         value = getattr(args, dest, None)
         if value is None:
@@ -107,10 +109,7 @@ def _criterion(args: argparse.Namespace, get_criterion):
             flag = "--no-box-norm" if dest == "normalize_boxes" else "--" + dest.replace("_", "-")
             raise DetpruneError(f"{flag} does not apply to criterion {args.criterion!r}")
         options[keyword] = value
-    for keyword, value in (("seed", args.seed), ("progress", True)):
-        if keyword in accepted:
-            options[keyword] = value
-    return get_criterion(args.criterion, **options)
+    return build_criterion(args.criterion, options, {"seed": args.seed, "progress": True})
 
 
 def _dataset(args: argparse.Namespace):

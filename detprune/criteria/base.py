@@ -66,3 +66,30 @@ def get_criterion(name: str, **options) -> Criterion:
     if name not in _REGISTRY:
         raise DetpruneError(f"unknown criterion {name!r}; choose from {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name](**options)
+
+
+def parse_options(pairs: list[str] | None) -> dict:
+    """``["max_channels_per_layer=4", "metric=map"]`` -> a dict, values read as YAML scalars."""
+    import yaml
+
+    options = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise DetpruneError(f"criterion option {pair!r}: expected KEY=VALUE")
+        options[key.strip().replace("-", "_")] = yaml.safe_load(value) if value.strip() else None
+    return options
+
+
+def build_criterion(name: str, options: dict | None = None, defaults: dict | None = None) -> Criterion:
+    """The criterion ``name`` with ``options`` (each must be a keyword it takes) and ``defaults``
+    (such as ``seed``, ``progress``: passed only where it takes them)."""
+    import inspect
+
+    cls = type(get_criterion(name))
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    unknown = sorted(set(options or {}) - accepted)
+    if unknown:
+        raise DetpruneError(f"criterion {name!r} takes no option {', '.join(unknown)}; it takes {', '.join(sorted(accepted)) or 'none'}")
+    merged = {k: v for k, v in (defaults or {}).items() if k in accepted}
+    return get_criterion(name, **{**merged, **(options or {})})
