@@ -77,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--criteria", default="saliency,l1,taylor,random", help="criterion names, comma-separated")
     p.add_argument("--seeds", default="0,1,2", help="seeds, comma-separated (>= 3 for a spread)")
     p.add_argument("--round-to", type=int, default=8)
-    p.add_argument("--car-max-channels", type=int, default=4,
+    p.add_argument("--car-max-channels", type=int, default=2,
                    help="CAR: channels masked per layer (the rest get the layer's median score)")
     p.add_argument("--latency-runs", type=int, default=50, help="timed ONNX Runtime runs per model (0 = none)")
     p.add_argument("--out", default="runs/compare_criteria", help="results, cache and per-run folders")
@@ -243,11 +243,17 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[tuple[float, str], list[dict]] = {}
     total = len(args.targets) * len(args.criteria) * len(args.seeds)
     done = 0
+    skipped: list[dict] = []
     for target in args.targets:
         for criterion in args.criteria:
             for seed in args.seeds:
                 done += 1
-                result = one_run(args, adapter, base_model, base_key, train, val, target, criterion, seed, log)
+                try:
+                    result = one_run(args, adapter, base_model, base_key, train, val, target, criterion, seed, log)
+                except DetpruneError as err:  # e.g. a target this criterion's scores cannot meet within 2%
+                    skipped.append({"target": target, "criterion": criterion, "seed": seed, "error": str(err)})
+                    log(f"run {done}/{total} flops {target:g} {criterion:<8} seed {seed}: skipped: {err}")
+                    continue
                 runs.setdefault((target, criterion), []).append(result)
                 log(f"run {done}/{total} flops {target:g} {criterion:<8} seed {seed}: "
                     + ", ".join(f"{c} {fmt(result[c])}" for c, _ in METRICS)
@@ -264,11 +270,13 @@ def main(argv: list[str] | None = None) -> int:
         "rows": [{"target": t, "criterion": c, **s} for (t, c), s in rows.items()],
         "runs": [r for values in runs.values() for r in values],
         "goal": checks,
+        "skipped": skipped,
         "seconds": time.perf_counter() - started,
     }
     out = Path(args.out)
     write_text(out / "results.json", json.dumps(report, indent=2) + "\n")
-    write_text(out / "results.md", f"# Criteria compared\n\n`{report['command']}`\n\n{table}")
+    notes = "".join(f"\n- skipped: flops {s['target']:g} {s['criterion']} seed {s['seed']}: {s['error']}" for s in skipped)
+    write_text(out / "results.md", f"# Criteria compared\n\n`{report['command']}`\n\n{table}{notes}\n")
     print()
     print(table)
     for check in checks:
