@@ -116,6 +116,17 @@ def read_kitti(
     return DetectionSet(list(cmap.class_names), samples, name=Path(root).resolve().name, skipped=skipped)
 
 
+def _parsed_lines(path: Path, problems: v.BadInputs):
+    """(place, class name, numbers) for each non-blank line of a label or result file that parses;
+    lines that do not are reported to ``problems``."""
+    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.strip():
+            place = v.where(path, line_no)
+            parsed = _parse_line(line, place, problems)
+            if parsed is not None:
+                yield place, *parsed
+
+
 def _read_frame(label_path: Path, image_path: Path | None, cmap, problems: v.BadInputs) -> Sample | None:
     if image_path is None:
         problems.report(v.LABEL_WITHOUT_IMAGE, f"{label_path}: no image {label_path.stem}.png/.jpg/.jpeg beside it in image_2/")
@@ -125,14 +136,7 @@ def _read_frame(label_path: Path, image_path: Path | None, cmap, problems: v.Bad
         return None
     width, height = size
     boxes, labels, ignore, truncation, occlusion = [], [], [], [], []
-    for line_no, line in enumerate(label_path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        place = v.where(label_path, line_no)
-        parsed = _parse_line(line, place, problems)
-        if parsed is None:
-            continue
-        raw, numbers = parsed
+    for place, raw, numbers in _parsed_lines(label_path, problems):
         try:
             rule = cmap.lookup(raw)
         except KeyError:
@@ -191,14 +195,7 @@ def read_kitti_results(result_dir: str | Path, class_names: Sequence[str]) -> di
     out: dict[str, Detections] = {}
     for path in files:
         boxes, scores, labels = [], [], []
-        for line_no, line in enumerate(path.read_text().splitlines(), start=1):
-            if not line.strip():
-                continue
-            place = v.where(path, line_no)
-            parsed = _parse_line(line, place, problems)
-            if parsed is None:
-                continue
-            raw, numbers = parsed
+        for place, raw, numbers in _parsed_lines(path, problems):
             if len(numbers) != NUM_FIELDS:
                 problems.report(v.MALFORMED_LINE, f"{place}: a result line needs the 16th field, the score")
                 continue
