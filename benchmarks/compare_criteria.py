@@ -223,12 +223,24 @@ def markdown(base: dict, rows: dict, args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n" + note
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    started = time.perf_counter()
+def timed_log(started: float):
+    """A ``log(message)`` that prefixes the seconds since ``started`` (a ``time.perf_counter()``)."""
 
     def log(message: str) -> None:
         print(f"[{time.perf_counter() - started:6.0f} s] {message}", flush=True)
+
+    return log
+
+
+def baseline_key(checkpoint: str) -> str:
+    """What a run's cached result depends on of the baseline: its file and when it was written."""
+    return settings_key({"checkpoint": checkpoint, "mtime": Path(checkpoint).stat().st_mtime})
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    log = timed_log(started)
 
     train, val = load_train_val(args.data, val_count=args.val_count, seed=args.split_seed)
     log(f"data: {len(train)} train / {len(val)} val frames from {args.data}; classes {', '.join(train.class_names)}")
@@ -238,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     adapter.save(base_model, Path(args.out) / "baseline.pt", meta={"compare_criteria_baseline": base_checkpoint})
     base = measure(args, adapter, base_model, val)
     log("baseline: " + ", ".join(f"{c} {fmt(base[c])}" for c, _ in METRICS))
-    base_key = settings_key({"checkpoint": base_checkpoint, "mtime": Path(base_checkpoint).stat().st_mtime})
+    base_key = baseline_key(base_checkpoint)
 
     runs: dict[tuple[float, str], list[dict]] = {}
     total = len(args.targets) * len(args.criteria) * len(args.seeds)

@@ -21,6 +21,7 @@ COMMANDS: tuple[str, ...] = (
     "data",
     "score",
     "prune",
+    "search",
     "finetune",
     "export",
     "engine",

@@ -14,7 +14,8 @@ option of the run; ``--config`` reads it back). With ``--data``: ``report.json``
 ``report.md`` (mAP, AP50, AP_small/medium/large, per-class AP, KITTI easy/moderate/hard AP
 on KITTI data, params, FLOPs, ONNX Runtime CPU latency, channels per layer, before and
 after), plots, ``original.onnx`` / ``pruned.onnx`` (the graphs timed), and with
-``--finetune-epochs`` the fine-tuning run under ``finetune/``.
+``--finetune-epochs`` the fine-tuning run under ``finetune/``. ``--schedule iterative`` or
+``progressive`` cuts in steps with training between them (:mod:`detprune.commands.prune_schedule`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from detprune.commands import prune_schedule
 from detprune.commands.outputs import check_output_folder
+from detprune.commands.shared import compact_json, resolve_device
 
 HELP = "prune a detector's channels to a FLOPs, parameter or channel target and write the smaller model"
 MARKER = "pruned.pt"
@@ -41,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default=None, help="which split of --data to score on (where it has several)")
     parser.add_argument("--class-map", default=None, help="class map for a KITTI or COCO --data")
     scoring = parser.add_argument_group("scoring")
-    scoring.add_argument("--criterion", default="magnitude", help="magnitude (= l1, default), l2, bn-scale, random, saliency, taylor ...")
+    scoring.add_argument("--criterion", default="magnitude", help="magnitude (= l1, default), l2, bn-scale, random, saliency, taylor, snip ...")
     scoring.add_argument("--criterion-option", action="append", default=None, metavar="KEY=VALUE",
                          help="an option of the criterion, e.g. max_channels_per_layer=4 for car (repeatable)")
     scoring.add_argument("--scores", default=None, help="a scores.pt written by 'detprune score', used instead of --criterion")
@@ -80,6 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... for scoring and pruning (default: cuda when available)")
     parser.add_argument("--out", default="runs/prune/exp", help="output folder (default runs/prune/exp)")
     parser.add_argument("--exist-ok", action="store_true", help="replace an output folder an earlier 'detprune prune' wrote")
+    prune_schedule.add_arguments(parser)
 
 
 @dataclass
@@ -99,6 +103,8 @@ class PruneRun:
     scores: dict = field(default_factory=dict)
     result: Any = None
     latency: Any = None  # the latency search, with --target-latency
+    schedule: Any = None  # the ScheduleResult, with --schedule iterative / progressive
+    steps: list = field(default_factory=list)  # and its steps
     report: dict = field(default_factory=dict)
 
 
@@ -111,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     check_output_folder(out, args.exist_ok, MARKER, "detprune prune")
     with atomic_dir(out) as tmp:
         state = PruneRun(args, tmp)
-        for stage in STAGES:
+        for stage in STAGES if args.schedule == "one-shot" else prune_schedule.stages():
             stage(state)
     _print_summary(state, out)
     return 0
@@ -163,6 +169,7 @@ def _validate(args: argparse.Namespace) -> None:
         raise DetpruneError("--finetune-epochs needs --data to train on")
     if args.imgsz < 32 or args.batch_size < 1 or (args.max_images is not None and args.max_images < 1):
         raise DetpruneError("--imgsz must be >= 32, --batch-size and --max-images >= 1")
+    prune_schedule.validate(args)
 
 
 def _validate_latency(args: argparse.Namespace) -> None:
@@ -194,7 +201,7 @@ def load_stage(state: PruneRun) -> None:
     state.adapter = get_adapter(args.model)
     names = state.dataset.class_names if state.dataset is not None else None
     model = state.adapter.load(args.model, weights=args.weights, class_names=names)
-    state.model = state.adapter.prepare_for_pruning(model).to(_device(args))
+    state.model = state.adapter.prepare_for_pruning(model).to(resolve_device(args.device))
 
 
 def score_stage(state: PruneRun) -> None:
@@ -268,9 +275,9 @@ def write_stage(state: PruneRun) -> None:
     state.report = _report(state)
     state.model = state.model.cpu()  # a checkpoint that loads on machines without a GPU
     state.adapter.save(state.model, folder / MARKER, meta={"prune": {k: v for k, v in state.report.items() if k != "removed"}})
-    (folder / "prune.json").write_text(_json(state.report))
+    (folder / "prune.json").write_text(compact_json(state.report))
     channels = {n: {"before": b, "after": result.channels_after.get(n, 0)} for n, b in result.channels_before.items()}
-    (folder / "channels.json").write_text(_json(channels))
+    (folder / "channels.json").write_text(compact_json(channels))
     rows = ["layer,before,after,removed"] + [f"{n},{c['before']},{c['after']},{c['before'] - c['after']}" for n, c in channels.items()]
     (folder / "channels.csv").write_text("\n".join(rows) + "\n")
     plot_channels(result.channels_before, result.channels_after, folder / "channels.png", title=f"{Path(str(args.model)).name} pruned")
@@ -298,7 +305,7 @@ def finetune_stage(state: PruneRun) -> None:
     args = state.args
     if args.finetune_epochs <= 0:
         return
-    device = _device(args)
+    device = resolve_device(args.device)
     state.model = finetune_variant(
         state.adapter, state.model, state.train, state.val, epochs=args.finetune_epochs, out_dir=state.folder,
         imgsz=args.imgsz, batch=args.finetune_batch, lr=args.lr, seed=args.seed,
@@ -320,6 +327,7 @@ def evaluate_stage(state: PruneRun) -> None:
     state.evaluation = Report.from_pair(state.before, after, run_info={
         "model": str(args.model), "data": str(args.data), "criterion": args.criterion, "target": target.describe(),
         "achieved": state.result.achieved, "round_to": args.round_to, "finetune_epochs": args.finetune_epochs,
+        "schedule": args.schedule,
     })
     state.evaluation.save(state.folder)
     save_report_plots(state.evaluation, state.folder)
@@ -331,20 +339,6 @@ STAGES: tuple[Callable[[PruneRun], None], ...] = (
 
 
 # --- helpers --------------------------------------------------------------------------------
-
-
-def _device(args: argparse.Namespace):
-    import torch
-
-    from detprune.errors import DetpruneError
-
-    try:
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    except RuntimeError:
-        raise DetpruneError(f"--device {args.device!r}: not a device name (cpu, cuda, cuda:1 ...)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DetpruneError(f"--device {args.device}: CUDA is not available on this machine; use --device cpu")
-    return device
 
 
 def _criterion(args: argparse.Namespace):
@@ -369,7 +363,7 @@ def _datasets(args: argparse.Namespace):
 
         class_map = load_yaml(Path(class_map))
     train = val = None
-    if _evaluates(args) or args.finetune_epochs > 0:
+    if _evaluates(args) or args.finetune_epochs > 0 or args.schedule != "one-shot":
         train, val = load_train_val(args.data, class_map=class_map, val_fraction=args.val_fraction,
                                     val_count=args.val_count, seed=args.seed)
         scored = train
@@ -382,15 +376,6 @@ def _datasets(args: argparse.Namespace):
 
 def _evaluates(args: argparse.Namespace) -> bool:
     return bool(args.data) and not args.no_eval
-
-
-def _json(data) -> str:
-    """Indented JSON with lists of numbers kept on one line (channel index lists are long)."""
-    import json
-    import re
-
-    text = json.dumps(data, indent=2)
-    return re.sub(r"\[[-\d.,\s]*\]", lambda m: json.dumps(json.loads(m.group(0))), text) + "\n"
 
 
 def recorded_config(args: argparse.Namespace) -> dict:
@@ -443,6 +428,8 @@ def _print_summary(state: PruneRun, out: Path) -> None:
         search = state.latency
         print(f"latency: x{search.measured_ratio:.3f} of the original on {search.backend} (target x{search.target:g} "
               f"± {search.tolerance:.0%}, {len(search.candidates)} candidate(s) measured, round to {search.round_to})")
+    if state.schedule is not None:
+        print(prune_schedule.summary_line(state))
     if state.evaluation is not None:
         print()
         print(state.evaluation.to_table())

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from detprune.commands.outputs import check_output_folder
+from detprune.commands.shared import resolve_device
 
 HELP = "score every prunable channel (box-weighted saliency, Taylor, magnitude, ...) and write the scores"
 MARKER = "scores.pt"
@@ -65,8 +66,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from detprune.adapters import get_adapter
     from detprune.criteria import get_criterion
     from detprune.errors import DetpruneError
@@ -79,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     if criterion.needs_data and not args.data:
         raise DetpruneError(f"criterion {criterion.name!r} scores on images: give --data")
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     dataset = _dataset(args) if args.data else None
     adapter = get_adapter(args.model)
     model = adapter.load(args.model, weights=args.weights, class_names=dataset.class_names if dataset else None)

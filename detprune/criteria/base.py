@@ -38,6 +38,7 @@ _MODULES = (
     "detprune.criteria.magnitude",
     "detprune.criteria.random",
     "detprune.criteria.saliency",
+    "detprune.criteria.snip",
     "detprune.criteria.taylor",
 )
 

@@ -118,7 +118,7 @@ def prune_to_latency(
     low, high = LOWEST_FLOPS, 1.0  # FLOPs fractions: latency ratio below / above the target
     fraction = target  # latency falls more slowly than FLOPs, so this is usually too high: a first bracket
     with tempfile.TemporaryDirectory(prefix="detprune-latency-target-") as work:
-        timer = _Timer(adapter, model, backend, imgsz, warmup, runs, threads, Path(work))
+        timer = CandidateTimer(adapter, model, backend, imgsz, warmup, runs, threads, Path(work))
         for _ in range(max_steps):
             candidate, result = _measure(adapter, model, scores, fraction, imgsz, timer, prune_options)
             search.candidates.append(candidate)
@@ -148,7 +148,7 @@ def prune_to_latency(
     )
 
 
-def _measure(adapter, model, scores, fraction, imgsz, timer: "_Timer", prune_options) -> tuple[Candidate, PruneResult | None]:
+def _measure(adapter, model, scores, fraction, imgsz, timer: "CandidateTimer", prune_options) -> tuple[Candidate, PruneResult | None]:
     candidate_model = copy.deepcopy(model)
     try:
         result = prune_model(adapter, candidate_model, scores, target_flops=fraction, imgsz=imgsz, **prune_options)
@@ -158,7 +158,7 @@ def _measure(adapter, model, scores, fraction, imgsz, timer: "_Timer", prune_opt
     return Candidate(fraction, result.achieved["flops"], pruned_ms / original_ms, original_ms, pruned_ms), result
 
 
-class _Timer:
+class CandidateTimer:
     """Times a pruned candidate against the original on one backend, the same way every time."""
 
     def __init__(self, adapter, original, backend, imgsz, warmup, runs, threads, work: Path):

@@ -42,8 +42,9 @@ def score_channels(
     return scorer.score(adapter, model, batches)
 
 
-# family-neutral option names -> the names each family's trainer takes
-_FINETUNE_NAMES = {"yolo": {"lr": "lr0"}, "rcnn": {"batch": "batch_size"}}
+# family-neutral option names -> the names each family's trainer takes. val_every_epoch=False
+# (YOLO): validate after the last epoch only, so the last epoch is returned, not one picked on val
+_FINETUNE_NAMES = {"yolo": {"lr": "lr0", "val_every_epoch": "val"}, "rcnn": {"batch": "batch_size"}}
 
 
 def finetune_variant(
