@@ -104,3 +104,18 @@ def test_stats_on_the_real_frames(kitti_tiny, capsys):
     stats = json.loads(out)
     assert code == 0 and stats["images"] == 75
     assert stats["objects"] + stats["ignore_regions"] == 499 and stats["ignore_regions"] == 188
+
+
+def test_a_class_map_yaml_merges_classes_on_the_command_line(scenes, capsys, tmp_path):
+    # raw KITTI names -> our class names: two classes, cyclists counted as pedestrians
+    mapping = tmp_path / "map.yaml"
+    mapping.write_text("Car: vehicle\nPedestrian: person\nCyclist: person\n")
+    code, out, _ = run(capsys, "stats", scenes, "--class-map", mapping, "--json")
+    merged = json.loads(out)
+    code3, out3, _ = run(capsys, "stats", scenes, "--json")
+    three = json.loads(out3)
+    assert code == code3 == 0
+    assert sorted(merged["classes"]) == ["person", "vehicle"]
+    count = {name: c["objects"] for name, c in merged["classes"].items()}
+    raw = {name: c["objects"] for name, c in three["classes"].items()}
+    assert count == {"vehicle": raw["Car"], "person": raw["Pedestrian"] + raw["Cyclist"]}

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from detprune.commands.outputs import check_output_folder
+from detprune.commands.shared import read_class_map
 
 HELP = "convert datasets (KITTI, COCO, YOLO) for training and evaluation, summarise them, synthesise scenes"
 
@@ -55,14 +56,6 @@ def run(args: argparse.Namespace) -> int:
     return {"convert": _convert, "stats": _stats, "synth": _synth}[args.data_command](args)
 
 
-def _class_map(value: str | None):
-    if value is None or not value.endswith((".yaml", ".yml")):
-        return value
-    from detprune.data.yolo_format import load_yaml
-
-    return load_yaml(Path(value))
-
-
 def _skipped_note(*datasets) -> None:
     from collections import Counter
 
@@ -81,7 +74,7 @@ def _convert(args: argparse.Namespace) -> int:
 
     src, out = Path(args.src), Path(args.out)
     check_output_folder(out, args.exist_ok, DATA_YAML if args.to == "yolo" else "annotations", "detprune data convert", src)
-    class_map = _class_map(args.class_map)
+    class_map = read_class_map(args.class_map)
     if args.split:
         if args.to == "yolo":
             raise DetpruneError("--split converts one split, but a YOLO dataset needs train and val; drop --split")
@@ -113,7 +106,7 @@ def _stats(args: argparse.Namespace) -> int:
     from detprune.data.loader import load_dataset
     from detprune.data.stats import dataset_stats, format_stats, plot_stats
 
-    dataset = load_dataset(args.src, class_map=_class_map(args.class_map), skip_bad=args.skip_bad, split=args.split)
+    dataset = load_dataset(args.src, class_map=read_class_map(args.class_map), skip_bad=args.skip_bad, split=args.split)
     stats = dataset_stats(dataset)
     print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
     if args.plot:

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 from detprune.commands import prune_schedule
 from detprune.commands.outputs import check_output_folder
-from detprune.commands.shared import compact_json, resolve_device
+from detprune.commands.shared import compact_json, read_class_map, resolve_device
 
 HELP = "prune a detector's channels to a FLOPs, parameter or channel target and write the smaller model"
 MARKER = "pruned.pt"
@@ -357,11 +357,7 @@ def _datasets(args: argparse.Namespace):
     from detprune.errors import BadInputError
     from detprune.workflow.stages import seeded_subset
 
-    class_map = args.class_map
-    if class_map is not None and str(class_map).endswith((".yaml", ".yml")):
-        from detprune.data.yolo_format import load_yaml
-
-        class_map = load_yaml(Path(class_map))
+    class_map = read_class_map(args.class_map)
     train = val = None
     if _evaluates(args) or args.finetune_epochs > 0 or args.schedule != "one-shot":
         train, val = load_train_val(args.data, class_map=class_map, val_fraction=args.val_fraction,

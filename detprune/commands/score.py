@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from detprune.commands.outputs import check_output_folder
-from detprune.commands.shared import resolve_device
+from detprune.commands.shared import read_class_map, resolve_device
 
 HELP = "score every prunable channel (box-weighted saliency, Taylor, magnitude, ...) and write the scores"
 MARKER = "scores.pt"
@@ -116,12 +116,7 @@ def _dataset(args: argparse.Namespace):
 
     from detprune.data.loader import load_dataset
 
-    class_map = args.class_map
-    if class_map is not None and class_map.endswith((".yaml", ".yml")):
-        from detprune.data.yolo_format import load_yaml
-
-        class_map = load_yaml(Path(class_map))
-    dataset = load_dataset(args.data, class_map=class_map, split=args.split)
+    dataset = load_dataset(args.data, class_map=read_class_map(args.class_map), split=args.split)
     if len(dataset) == 0:
         from detprune.errors import BadInputError
 

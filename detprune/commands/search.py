@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from detprune.commands.outputs import check_output_folder
-from detprune.commands.shared import compact_json
+from detprune.commands.shared import compact_json, read_class_map
 
 HELP = "search per-group widths with a supernet (PSE-Net) under a FLOPs or latency budget, cut and fine-tune"
 MARKER = "pruned.pt"
@@ -124,7 +124,7 @@ def _search(args: argparse.Namespace, folder: Path) -> dict:
 
     seconds: dict[str, float] = {}
     device = resolve_device(args.device)
-    class_map = _class_map(args.class_map)
+    class_map = read_class_map(args.class_map)
     train, val = load_train_val(args.data, class_map=class_map, val_count=args.val_count, seed=args.seed)
     if len(train) == 0 or len(val) == 0:
         raise BadInputError(f"{args.data}: need images for both the training and the validation split")
@@ -198,14 +198,6 @@ def _search(args: argparse.Namespace, folder: Path) -> dict:
     adapter.save(model, folder / MARKER, meta={"search": {k: record[k] for k in ("budget", "widths", "flops_kept")}})
     (folder / "search.json").write_text(compact_json(record))
     return record
-
-
-def _class_map(value):
-    if value is not None and str(value).endswith((".yaml", ".yml")):
-        from detprune.data.yolo_format import load_yaml
-
-        return load_yaml(Path(value))
-    return value
 
 
 def _summary(args, adapter, net, val, folder: Path, name: str, **info):

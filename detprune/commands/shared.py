@@ -25,3 +25,14 @@ def compact_json(data) -> str:
     """Indented JSON with lists of numbers kept on one line (channel index lists are long)."""
     text = json.dumps(data, indent=2)
     return re.sub(r"\[[-\d.,\s]*\]", lambda m: json.dumps(json.loads(m.group(0))), text) + "\n"
+
+
+def read_class_map(value):
+    """A ``--class-map`` value as the readers take it: a name (``kitti3`` ...) as it is, a .yaml file read."""
+    if value is None or not str(value).endswith((".yaml", ".yml")):
+        return value
+    from pathlib import Path
+
+    from detprune.data.yolo_format import load_yaml
+
+    return load_yaml(Path(value))
