@@ -21,6 +21,7 @@ from torch import nn
 from detprune.adapters import get_adapter
 from detprune.adapters.base import DetectorAdapter
 from detprune.data.types import DetectionSet
+from detprune.defaults import DEFAULT_IMGSZ
 from detprune.errors import UnsupportedError
 
 
@@ -56,7 +57,7 @@ def load(spec: str | Path, *, weights: str | Path | None = None, class_names: Se
 
 
 def score(model: nn.Module, data: str | Path | DetectionSet | None = None, *, criterion: str = "saliency",
-          imgsz: int = 320, batch_size: int = 8, adapter: DetectorAdapter | None = None, **options) -> dict:
+          imgsz: int = DEFAULT_IMGSZ, batch_size: int = 8, adapter: DetectorAdapter | None = None, **options) -> dict:
     """{conv name: score per output channel} from a criterion (data-free ones need no ``data``)."""
     from detprune.criteria import get_criterion
     from detprune.data.batch import iter_batches
@@ -68,7 +69,13 @@ def score(model: nn.Module, data: str | Path | DetectionSet | None = None, *, cr
 
 
 def prune(model: nn.Module, scores: dict, *, adapter: DetectorAdapter | None = None, **options):
-    """Prune ``model`` in place; ``options`` are :func:`detprune.pruning.prune_model`'s (target_flops=...)."""
+    """Prune ``model`` in place; ``options`` are :func:`detprune.pruning.prune_model`'s (target_flops=...).
+
+    ``allocation="global" | "uniform" | "cost"`` chooses how many channels each group keeps
+    (``cost="flops" | "params"`` for the knapsack); ``width_scores=`` another criterion's scores
+    (``detprune.score(model, data, criterion="saliency")``) allocates the widths while
+    ``scores`` choose which channels of each group stay.
+    """
     from detprune.pruning import prune_model
 
     return prune_model(_adapter_for(model, adapter), model, scores, **options)
@@ -80,10 +87,31 @@ def finetune(model: nn.Module, data, *, epochs: int, out_dir: str | Path, adapte
     return _adapter_for(model, adapter).finetune(model, data, epochs=epochs, out_dir=out_dir, **options)
 
 
-def evaluate(model: nn.Module, data: str | Path | DetectionSet, *, imgsz: int = 640, batch_size: int = 8,
-             adapter: DetectorAdapter | None = None, class_map=None) -> dict:
-    """COCO metrics (and KITTI AP for KITTI data) of ``model`` on ``data``."""
-    return _adapter_for(model, adapter).evaluate(model, _dataset(data, class_map), imgsz=imgsz, batch_size=batch_size)
+def evaluate(model: nn.Module, data: str | Path | DetectionSet, *, imgsz: int | Sequence[int] = DEFAULT_IMGSZ,
+             batch_size: int = 8, adapter: DetectorAdapter | None = None, class_map=None, split: str | None = None,
+             val_list: str | Path | None = None, **options) -> dict:
+    """COCO metrics (and KITTI AP for KITTI data) of ``model`` on ``data``.
+
+    ``imgsz`` defaults to the CLI's (:data:`detprune.defaults.DEFAULT_IMGSZ`). A path ``data``
+    is read whole unless ``split`` is given: ``"val"`` (the split ``detprune prune`` holds out,
+    or the frames of ``val_list``), ``"train"`` or ``"all"``. ``options`` are
+    :meth:`DetectorAdapter.evaluate`'s: ``conf``, ``iou``, ``max_det``, ``multi_label``, ``letterbox``
+    (``"square"`` or ``"rect"``), ``kitti_protocol``. The model's classes and the data's are
+    matched by name (same set in another order: relabelled; different: a one-line error).
+    """
+    from detprune.workflow.loading import align_to_model
+
+    adapter = _adapter_for(model, adapter)
+    if isinstance(data, DetectionSet):
+        dataset = data
+    elif split is None and val_list is None:
+        dataset = _dataset(data, class_map)
+    else:
+        from detprune.data.loader import load_eval_split
+
+        dataset = load_eval_split(data, split or "val", val_list=val_list, class_map=class_map)
+    dataset = align_to_model(adapter, model, dataset)
+    return adapter.evaluate(model, dataset, imgsz=imgsz, batch_size=batch_size, **options)
 
 
 def export(model: nn.Module, path: str | Path, *, imgsz: int = 640, batch_size: int = 1,

@@ -14,7 +14,10 @@ import sys
 from typing import Sequence
 
 from detprune import __version__
+from detprune.commands.shared import loading_policy
 from detprune.errors import DetpruneError
+from detprune.utils.atomic import describe_os_error, first_line, is_write_failure
+from detprune.utils.checkpoints import load_policy
 
 # Order is the order ``detprune --help`` lists them in.
 COMMANDS: tuple[str, ...] = (
@@ -23,6 +26,7 @@ COMMANDS: tuple[str, ...] = (
     "prune",
     "search",
     "finetune",
+    "eval",
     "export",
     "engine",
     "bench",
@@ -117,13 +121,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser_cached()
     try:
         args = parse_command_line(parser, argv)
-        return int(args._run(args) or 0)
+        with load_policy(**loading_policy(args)):
+            return int(args._run(args) or 0)
     except DetpruneError as err:
         print(f"detprune: error: {err}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head` and the like: not an error of ours
         sys.stderr.close()
         return 0
+    except OSError as err:  # last resort: a file system refusal the command did not word itself
+        print(f"detprune: error: {describe_os_error(err)}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:
+        if not is_write_failure(err):
+            raise  # a real failure: keep its traceback
+        print(f"detprune: error: writing a file failed, the disk may be full ({first_line(err)})", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("detprune: interrupted; outputs already written are complete, none is partial", file=sys.stderr)
         return 130

@@ -47,7 +47,7 @@ def test_traffic_categories_crowd_and_empty_images(tmp_path):
         ann(1, 13, (100, 10, 8, 8)),
         ann(2, 18, (5, 5, 40, 40)),  # a dog: not a traffic category
     ])
-    data = read_coco(path, tmp_path / "val2017")
+    data = read_coco(path, tmp_path / "val2017", keep_empty=False)
     assert data.class_names == list(COCO_TRAFFIC)
     assert len(data) == 1  # image 2 has only a dog, image 3 nothing
     sample = data[0]
@@ -55,8 +55,9 @@ def test_traffic_categories_crowd_and_empty_images(tmp_path):
     assert sample.ignore.tolist() == [False, True, False]
     np.testing.assert_allclose(sample.boxes[0], [10, 10, 40, 30])
     assert (sample.width, sample.height) == (160, 80)
-    assert len(read_coco(path, tmp_path / "val2017", keep_empty=True)) == 3
-    mine = read_coco(path, tmp_path / "val2017", categories=["dog", "car"])
+    kept = read_coco(path, tmp_path / "val2017")  # the default keeps images without a chosen box
+    assert len(kept) == 3 and [s.num_objects for s in kept] == [2, 0, 0]
+    mine = read_coco(path, tmp_path / "val2017", categories=["dog", "car"], keep_empty=False)
     assert mine.class_names == ["dog", "car"] and len(mine) == 2
     assert len(read_coco(path, tmp_path / "val2017", categories=None).class_names) == len(CATEGORIES)
 

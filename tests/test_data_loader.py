@@ -63,7 +63,7 @@ def test_yolo_yaml_folder_and_flat_dir(kitti, tmp_path):
     for spec in (yaml_path, tmp_path / "yolo"):
         with pytest.raises(BadInputError, match="has splits train, val; choose one"):
             load_dataset(spec)
-    with pytest.raises(BadInputError, match="class maps apply to KITTI and COCO"):
+    with pytest.raises(BadInputError, match="class map 'kitti8' names KITTI or COCO classes; a YOLO set takes a list"):
         load_dataset(yaml_path, split="val", class_map="kitti8")
     assert [len(s) for s in load_train_val(yaml_path)] == [5, 3]
     # A flat folder with classes.txt, written by hand.

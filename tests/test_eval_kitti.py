@@ -1,12 +1,18 @@
-"""KITTI AP|R40 on scenes whose answer is known by construction."""
+"""KITTI AP|R40 of the exact-recall protocol (``protocol="exact"``) on scenes whose answer is known by construction."""
 
 from __future__ import annotations
+
+from functools import partial
 
 import numpy as np
 import pytest
 
 from detprune.data.types import DetectionSet, Detections, Sample
-from detprune.evaluation.kitti import average_precision_r40, box_iou, evaluate_kitti
+from detprune.evaluation.kitti import box_iou
+from detprune.evaluation.kitti import evaluate_kitti as evaluate_any
+from detprune.evaluation.kitti_exact import average_precision_r11, average_precision_r40
+
+evaluate_kitti = partial(evaluate_any, protocol="exact")
 
 CLASSES = ["Car", "Pedestrian", "Cyclist"]
 CAR, PED, CYC, DONTCARE = 0, 1, 2, -1
@@ -51,6 +57,14 @@ def test_r40_interpolates_at_forty_recall_points():
     assert average_precision_r40([], []) == 0.0
 
 
+def test_r11_interpolates_at_eleven_recall_points():
+    assert average_precision_r11([1.0], [1.0]) == pytest.approx(1.0)
+    # recall 1/2 reaches the points 0, 0.1 .. 0.5: 6 of 11
+    assert average_precision_r11([0.5], [1.0]) == pytest.approx(6 / 11)
+    # precision 1 up to recall 1/4 (points 0, .1, .2), then 0.5 for .3 .. 1 (8 points)
+    assert average_precision_r11([0.25, 1.0], [1.0, 0.5]) == pytest.approx((3 + 8 * 0.5) / 11)
+
+
 def test_perfect_predictions_give_one_at_every_difficulty():
     samples = [
         frame([car_row(0), car_row(1), car_row(2, 80)], [CAR, PED, CYC], name="a"),
@@ -60,8 +74,9 @@ def test_perfect_predictions_give_one_at_every_difficulty():
     result = evaluate_kitti(DetectionSet(CLASSES, samples), preds)
     for cls in CLASSES:
         assert ap(result, cls) == {level: pytest.approx(1.0) for level in LEVELS}
-    assert result["mean"] == {level: pytest.approx(1.0) for level in LEVELS}
+    assert result["mean"] == result["mean_R11"] == {level: pytest.approx(1.0) for level in LEVELS}
     assert result["num_objects"]["Car"] == {"easy": 3, "moderate": 3, "hard": 3}
+    assert result["protocol"] == "exact" and "exact" in result["metric"]
 
 
 def test_iou_between_half_and_seven_tenths_fails_car_but_passes_pedestrian():
@@ -186,7 +201,8 @@ def test_inputs_are_not_modified():
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_incremental_recount_matches_a_full_recount(seed):
     """Recounting only the images whose detections enter equals recounting every image at every threshold."""
-    from detprune.evaluation import kitti as k
+    from detprune.evaluation import kitti_exact as k
+    from detprune.evaluation.kitti import min_overlap_for
 
     rng = np.random.default_rng(seed)
     samples, preds = [], []
@@ -207,7 +223,7 @@ def test_incremental_recount_matches_a_full_recount(seed):
 
     for label, name in enumerate(CLASSES[:2]):
         frames = [k._Frame.build(s, p, label) for s, p in zip(samples, preds)]
-        ov = k.min_overlap_for(name)
+        ov = min_overlap_for(name)
         for level in k.DIFFICULTIES:
             states = [f.states(level) for f in frames]
             if sum((g == k._COUNTED).sum() for g, _ in states) == 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,10 @@ def test_flat_result_for_kitti_classes():
     assert set(result) == FLAT_KEYS | {"kitti"}
     assert result["mAP"] == pytest.approx(1.0) and result["mAP50"] == pytest.approx(1.0)
     assert result["num_images"] == 1 and result["num_objects"] == 2
-    assert result["kitti"]["per_class"]["Car"]["moderate"] == pytest.approx(1.0)
+    # one car, found: the devkit keeps one threshold (slot 0 = 1) -> AP_R40 0, AP_R11 1/11
+    assert result["kitti"]["protocol"] == "devkit"
+    assert result["kitti"]["per_class"]["Car"]["moderate"] == 0.0
+    assert result["kitti"]["per_class_R11"]["Car"]["moderate"] == pytest.approx(1 / 11)
     assert result["per_class_AP"]["Cyclist"] is None
 
 
@@ -51,9 +55,9 @@ def test_protocol_choice():
 def test_kitti_overlap_override_reaches_the_protocol():
     data = scene(["Car", "Pedestrian"])
     loose = [Detections([[35, 10, 135, 110]], [0.9], [0])]  # IoU 0.6 with the car
-    strict = evaluate_detections(data, loose)["kitti"]["per_class"]["Car"]["moderate"]
-    relaxed = evaluate_detections(data, loose, kitti_min_overlap={"Car": 0.5})["kitti"]["per_class"]["Car"]["moderate"]
-    assert strict == 0.0 and relaxed == pytest.approx(1.0)
+    strict = evaluate_detections(data, loose)["kitti"]["per_class_R11"]["Car"]["moderate"]
+    relaxed = evaluate_detections(data, loose, kitti_min_overlap={"Car": 0.5})["kitti"]["per_class_R11"]["Car"]["moderate"]
+    assert strict == 0.0 and relaxed == pytest.approx(1 / 11)  # one car found: devkit slot 0 of 11
 
 
 def test_bad_inputs_raise_one_line_errors():
@@ -100,7 +104,10 @@ def _parse_labels(label_dir: Path) -> DetectionSet:
 def test_kitti_tiny_ground_truth_as_predictions(kitti_tiny):
     data = _read_kitti_tiny(kitti_tiny)
     preds = perfect(data)
-    result = evaluate_detections(data, preds)
+    # the exact-recall protocol, where perfect is 1 at any class size (the devkit's is tested in
+    # test_eval_kitti_devkit.py)
+    evaluate = partial(evaluate_detections, kitti_protocol="exact")
+    result = evaluate(data, preds)
     assert result["num_images"] == 75 and result["num_objects"] > 200
     assert result["mAP"] == pytest.approx(1.0)
     kitti = result["kitti"]
@@ -119,7 +126,7 @@ def test_kitti_tiny_ground_truth_as_predictions(kitti_tiny):
             keep[i] = parity % 2 == 0
             parity += 1
         thinned.append(Detections(dets.boxes[keep], dets.scores[keep], dets.labels[keep]))
-    worse = evaluate_detections(data, thinned)
+    worse = evaluate(data, thinned)
     assert worse["per_class_AP"]["Car"] < 0.7
     for level in ("easy", "moderate", "hard"):
         assert 0.3 < worse["kitti"]["per_class"]["Car"][level] < 0.7

@@ -24,7 +24,9 @@ def metrics_pair() -> tuple[dict, dict]:
     scores = np.linspace(0.9, 0.5, 5)
     perfect = Detections(boxes, scores, labels)
     missing = Detections(boxes[[0, 1, 4]], scores[[0, 1, 4]], [0, 0, 1])
-    return evaluate_detections(data, [perfect]), evaluate_detections(data, [missing])
+    # the exact-recall KITTI protocol: half the cars found gives 0.5 (the devkit's would be 1/40)
+    return (evaluate_detections(data, [perfect], kitti_protocol="exact"),
+            evaluate_detections(data, [missing], kitti_protocol="exact"))
 
 
 @pytest.fixture
@@ -67,6 +69,7 @@ def test_markdown_carries_the_numbers(report, metrics_pair):
     car_kitti = after["kitti"]["per_class"]["Car"]["moderate"]
     assert car_kitti == pytest.approx(0.5)
     assert f"| Car | moderate | 1.000 | {car_kitti:.3f} | {car_kitti - 1:+.3f} |" in md
+    assert "## KITTI AP_R40 (exact)" in md and "| KITTI AP_R40 (exact) moderate | 1.000 |" in md
     assert f"| Car | {before['per_class_AP']['Car']:.3f} | {after['per_class_AP']['Car']:.3f} |" in md
     assert "| Channels | 112 (100%) | 80 (71%) |" in md
     assert "| model.1.conv | 32 (100%) | 16 (50%) |" in md

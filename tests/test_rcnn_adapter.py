@@ -141,7 +141,7 @@ def test_loss_and_utility_are_differentiable(model):
 
 def test_predict_maps_back_to_original_pixels(model):
     batch = make_batch()
-    detections = ADAPTER.predict(model, batch, conf=0.0, max_det=20)
+    detections = ADAPTER.predict(model, batch, conf=0.0, iou=0.6, max_det=20)
     with torch.no_grad(), input_size_kept(model, (96, 160)), postprocess_settings(model, conf=0.0, iou=0.6, max_det=20):
         raw = model(list(batch.images))
     assert len(detections) == 2

@@ -29,10 +29,22 @@ def get_adapter(spec: str | Path) -> DetectorAdapter:
             continue
         if cls.handles(spec):
             return cls()
+    _refuse_damaged(Path(spec))
     raise UnsupportedError(
         f"{spec}: no adapter knows this model; expected an ultralytics YOLO .pt/.yaml "
         "(yolov5*u, yolov8*, yolo11*, yolo26*) or a torchvision fasterrcnn_* name"
     )
+
+
+def _refuse_damaged(path: Path) -> None:
+    """A model file no adapter claims because it cannot be read: say that, not "unknown model"."""
+    from detprune.errors import BadInputError
+    from detprune.utils.checkpoints import describe_damage
+
+    if path.suffix.lower() in (".pt", ".pth", ".ckpt") and path.is_file():
+        damage = describe_damage(path)
+        if damage is not None:
+            raise BadInputError(f"{path}: cannot read the model file: {damage}")
 
 
 __all__ = ["DetectorAdapter", "adapter_class", "get_adapter"]

@@ -17,11 +17,15 @@ from torch import nn
 from detprune.data.batch import Batch
 from detprune.data.types import DetectionSet, Detections
 
+from detprune.defaults import EVAL_CONF, EVAL_MAX_DET  # noqa: F401  (re-exported)
+
 
 class DetectorAdapter(ABC):
     """One detector family (ultralytics YOLO, torchvision Faster R-CNN, ...)."""
 
     family: ClassVar[str]
+    # NMS IoU of predict() when none is given; None: the model's own setting
+    nms_iou: ClassVar[float | None] = None
 
     # --- loading -------------------------------------------------------------------
     @classmethod
@@ -72,8 +76,14 @@ class DetectorAdapter(ABC):
         """
 
     @abstractmethod
-    def predict(self, model: nn.Module, batch: Batch, *, conf: float = 0.001, iou: float = 0.6, max_det: int = 300) -> list[Detections]:
-        """Post-processed detections, in original-image pixels, one per image."""
+    def predict(self, model: nn.Module, batch: Batch, *, conf: float = EVAL_CONF, iou: float | None = None,
+                max_det: int = EVAL_MAX_DET, multi_label: bool = False) -> list[Detections]:
+        """Post-processed detections, in original-image pixels, one per image (``iou=None``: :attr:`nms_iou`).
+
+        ``multi_label``: a box scoring above ``conf`` in several classes gives one detection per
+        class (ultralytics' val NMS), not only its best one; a family whose post-processing is
+        per-class already ignores it.
+        """
 
     # --- training, files ---------------------------------------------------------------
     @abstractmethod
@@ -96,18 +106,68 @@ class DetectorAdapter(ABC):
     def default_imgsz(self) -> int | tuple[int, int]:
         return 640
 
-    def evaluate(self, model: nn.Module, dataset: DetectionSet, *, imgsz: int | Sequence[int] | None = None, batch_size: int = 8, progress: bool = True) -> dict:
-        """Run :meth:`predict` over ``dataset`` and score it with the COCO (and KITTI) protocol."""
-        from detprune.evaluation.protocol import evaluate_detections
+    def input_stride(self, model: nn.Module) -> int:
+        """The multiple every input side must be (the rect letterbox rounds to it)."""
+        return 32
+
+    def evaluate(
+        self,
+        model: nn.Module,
+        dataset: DetectionSet,
+        *,
+        imgsz: int | Sequence[int] | None = None,
+        batch_size: int = 8,
+        progress: bool = True,
+        conf: float = EVAL_CONF,
+        iou: float | None = None,
+        max_det: int = EVAL_MAX_DET,
+        multi_label: bool = False,
+        letterbox: str = "square",
+        kitti_protocol: str | None = None,
+    ) -> dict:
+        """Run :meth:`predict` over ``dataset`` and score it with the COCO (and KITTI) protocol.
+
+        ``conf`` / ``iou`` / ``max_det`` / ``multi_label`` are :meth:`predict`'s; ``letterbox`` is
+        :func:`~detprune.data.batch.iter_batches`'; ``kitti_protocol`` (None: the default)
+        passes to :func:`~detprune.evaluation.protocol.evaluate_detections`.
+        """
+        predictions = self.predictions(model, dataset, imgsz=imgsz, batch_size=batch_size, progress=progress,
+                                       conf=conf, iou=iou, max_det=max_det, multi_label=multi_label, letterbox=letterbox)
+        return score_predictions(dataset, predictions, kitti_protocol)
+
+    def predictions(
+        self,
+        model: nn.Module,
+        dataset: DetectionSet,
+        *,
+        imgsz: int | Sequence[int] | None = None,
+        batch_size: int = 8,
+        progress: bool = True,
+        conf: float = EVAL_CONF,
+        iou: float | None = None,
+        max_det: int = EVAL_MAX_DET,
+        multi_label: bool = False,
+        letterbox: str = "square",
+    ) -> list[Detections]:
+        """:meth:`predict` over ``dataset`` in order, one :class:`Detections` per image."""
         from detprune.data.batch import iter_batches
         from detprune.utils.progress import progress_bar
 
         imgsz = imgsz or self.default_imgsz()
         model.eval()
         predictions: list[Detections] = []
-        batches = iter_batches(dataset, imgsz, batch_size)
+        batches = iter_batches(dataset, imgsz, batch_size, letterbox=letterbox, stride=self.input_stride(model))
         total = (len(dataset) + batch_size - 1) // batch_size
         with torch.no_grad():
             for batch in progress_bar(batches, total=total, desc="evaluate", disable=not progress):
-                predictions.extend(self.predict(model, batch))
+                predictions.extend(self.predict(model, batch, conf=conf, iou=iou, max_det=max_det, multi_label=multi_label))
+        return predictions
+
+
+def score_predictions(dataset: DetectionSet, predictions: Sequence[Detections], kitti_protocol: str | None = None) -> dict:
+    """:func:`~detprune.evaluation.protocol.evaluate_detections`, with ``kitti_protocol`` where one is asked for."""
+    from detprune.evaluation.protocol import evaluate_detections
+
+    if kitti_protocol is None:
         return evaluate_detections(dataset, predictions)
+    return evaluate_detections(dataset, predictions, kitti_protocol=kitti_protocol)

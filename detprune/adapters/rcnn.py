@@ -27,7 +27,9 @@ from detprune.adapters.base import DetectorAdapter
 from detprune.adapters.rcnn_rewrites import freeze_batchnorm, unfreeze_batchnorm
 from detprune.data.batch import Batch, as_hw
 from detprune.data.types import Detections
+from detprune.defaults import EVAL_CONF, EVAL_MAX_DET
 from detprune.errors import BadInputError, UnsupportedError
+from detprune.utils.checkpoints import current_policy
 
 LOGGER = logging.getLogger(__name__)
 
@@ -81,6 +83,11 @@ class RcnnAdapter(DetectorAdapter):
             if weights is not None:
                 raise BadInputError(f"{spec}: give either a weights file as the model or weights=, not both")
             weights = path
+        if weights is None and not current_policy().random_init:
+            raise BadInputError(
+                f"{spec}: no weights given, so this would be a randomly initialised detector (nothing is downloaded); "
+                "give --weights FILE.pth (a torchvision state dict), or pass --random-init to start from random weights"
+            )
         state = ckpt.read_state_dict(weights) if weights is not None else None
         in_file = ckpt.num_classes_in(state) if state is not None else None
         num_classes = len(class_names) + 1 if class_names is not None else (in_file or 91)
@@ -174,8 +181,16 @@ class RcnnAdapter(DetectorAdapter):
         return objective.detection_utility(model, batch)
 
     def predict(
-        self, model: nn.Module, batch: Batch, *, conf: float = 0.001, iou: float = 0.6, max_det: int = 300
+        self, model: nn.Module, batch: Batch, *, conf: float = EVAL_CONF, iou: float | None = None, max_det: int = EVAL_MAX_DET,
+        multi_label: bool = False,
     ) -> list[Detections]:
+        """Detections of the second stage: ``conf``, ``iou`` and ``max_det`` set the box head's
+        ``score_thresh``, per-class ``nms_thresh`` and ``detections_per_img`` for the call;
+        ``iou=None`` keeps the model's own (torchvision builds 0.5). The region proposal
+        network's NMS (IoU 0.7, its pre/post-NMS top-n) is part of the detector and stays as built.
+        ``multi_label`` changes nothing: the box head already keeps every class above ``conf``
+        for a proposal (per-class boxes, per-class NMS)."""
+        iou = float(model.roi_heads.nms_thresh) if iou is None else iou
         return objective.predict(model, batch, conf=conf, iou=iou, max_det=max_det)
 
     # --- training, files ---------------------------------------------------------------

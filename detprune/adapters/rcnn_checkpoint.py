@@ -27,6 +27,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from detprune.adapters.rcnn_rewrites import freeze_batchnorm
 from detprune.errors import BadInputError, UnsupportedError
+from detprune.utils.checkpoints import load_torch_file
 
 FORMAT = "detprune.rcnn"
 FORMAT_VERSION = 1
@@ -94,11 +95,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise BadInputError(f"{path}: weights file not found (weights are never downloaded; give a local .pth state dict)")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip and torch errors alike
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise BadInputError(f"{path}: cannot read a state dict ({first[:200]})") from None
+    data = load_torch_file(path, what="weights")  # one-line errors for damaged or code-carrying files
     if isinstance(data, dict) and data.get("format") == FORMAT:
         raise BadInputError(f"{path}: this is a detprune checkpoint; load it as the model, not as weights=")
     for key in ("state_dict", "model"):
@@ -224,11 +221,7 @@ def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
     path = Path(path)
     if not path.is_file():
         raise BadInputError(f"{path}: checkpoint not found")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise BadInputError(f"{path}: cannot read the checkpoint ({first[:200]})") from None
+    data = load_torch_file(path, what="checkpoint")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise BadInputError(f"{path}: not a detprune Faster R-CNN checkpoint (write one with RcnnAdapter.save)")
     if int(data.get("format_version", 0)) > FORMAT_VERSION:

@@ -25,6 +25,7 @@ from detprune.adapters import yolo_objective as objective
 from detprune.adapters.yolo_rewrites import SPLIT_TYPES, reset_head_caches, split_blocks
 from detprune.data.batch import Batch, as_hw
 from detprune.data.types import Detections
+from detprune.defaults import EVAL_CONF, EVAL_MAX_DET, YOLO_NMS_IOU
 from detprune.errors import BadInputError, UnsupportedError
 
 LOGGER = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class YoloAdapter(DetectorAdapter):
     """Ultralytics YOLO detection models (anchor-free Detect head, with or without one-to-one head)."""
 
     family = "yolo"
+    nms_iou = YOLO_NMS_IOU  # ultralytics' val and predict default (see detprune.defaults)
 
     # --- loading -------------------------------------------------------------------
     @classmethod
@@ -118,12 +120,7 @@ class YoloAdapter(DetectorAdapter):
     def _read_pt(self, path: Path) -> nn.Module:
         if not path.is_file():
             raise BadInputError(f"{path}: model file not found (weights are never downloaded; give a local .pt or an architecture yaml/name)")
-        from ultralytics.nn.tasks import load_checkpoint
-
-        try:
-            model, _ = load_checkpoint(str(path))
-        except Exception as exc:
-            raise BadInputError(f"{path}: not a readable ultralytics checkpoint ({_first_line(exc)})") from None
+        model, _ = read_checkpoint(path)
         check_supported(model, path)
         return model
 
@@ -200,9 +197,18 @@ class YoloAdapter(DetectorAdapter):
         return objective.detection_utility(model, batch, utility=utility)
 
     def predict(
-        self, model: nn.Module, batch: Batch, *, conf: float = 0.001, iou: float = 0.6, max_det: int = 300
+        self, model: nn.Module, batch: Batch, *, conf: float = EVAL_CONF, iou: float | None = None, max_det: int = EVAL_MAX_DET,
+        multi_label: bool = False,
     ) -> list[Detections]:
-        return objective.predict(model, batch, conf=conf, iou=iou, max_det=max_det)
+        """ultralytics' NMS; ``iou=None`` is :attr:`nms_iou`, 0.7 as ultralytics' val and predict use.
+        ``multi_label``: one detection per class above ``conf`` for a box, as ultralytics' val."""
+        return objective.predict(model, batch, conf=conf, iou=self.nms_iou if iou is None else iou, max_det=max_det,
+                                 multi_label=multi_label)
+
+    def input_stride(self, model: nn.Module) -> int:
+        """The largest head stride (32 for P3-P5 models, 64 for P6), at least 32."""
+        stride = _head(model).stride
+        return int(max(stride.max().item(), 32)) if stride.numel() else 32
 
     # --- training, files ---------------------------------------------------------------
     def finetune(self, model: nn.Module, data: Any, *, epochs: int, out_dir: str | Path, **options: Any) -> nn.Module:
@@ -268,11 +274,30 @@ class YoloAdapter(DetectorAdapter):
 # --- helpers -----------------------------------------------------------------------------
 
 
-def _first_line(exc: Exception) -> str:
-    """An exception as one line, without ultralytics' 'ERROR ❌️' decoration."""
-    text = str(exc).strip()
-    first = text.splitlines()[0] if text else type(exc).__name__
-    return re.sub(r"^ERROR\s+[^\w\s/]+\s+", "", first)
+def read_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
+    """(model in FP32 eval mode, checkpoint dict) of an ultralytics checkpoint, read without running
+    code stored in it (see :mod:`detprune.utils.checkpoints`); what ultralytics' own loader sets up
+    on the model (its args, ``pt_path``, task, a stride) is set up here too."""
+    from ultralytics.nn.tasks import guess_model_task
+    from ultralytics.utils import DEFAULT_CFG_DICT
+
+    from detprune.utils.checkpoints import load_torch_file
+
+    path = Path(path)
+    ckpt = load_torch_file(path, what="checkpoint")
+    if isinstance(ckpt, nn.Module):  # torch.save(model) rather than a checkpoint dict
+        ckpt = {"model": ckpt}
+    model = (ckpt.get("ema") or ckpt.get("model")) if isinstance(ckpt, dict) else None
+    if not isinstance(model, nn.Module):
+        raise BadInputError(f"{path}: not an ultralytics checkpoint (no model module under 'model' or 'ema')")
+    model = model.float().eval()
+    model.args = {**DEFAULT_CFG_DICT, **(ckpt.get("train_args") or {})}
+    model.pt_path = str(path)
+    if not hasattr(model, "task"):
+        model.task = guess_model_task(model)
+    if not hasattr(model, "stride"):
+        model.stride = torch.tensor([32.0])
+    return model, ckpt
 
 
 def _head(model: nn.Module) -> nn.Module:
@@ -369,24 +394,20 @@ class WeightsReport:
 
 
 def load_state_dict_file(model: nn.Module, weights: str | Path) -> WeightsReport:
-    """Copy the tensors of a state-dict file whose names and shapes match; log what matched.
+    """Copy the tensors of a state-dict file whose names and shapes match; say how many matched.
 
     Accepts ``{"state_dict": ...}``, an ultralytics checkpoint (``{"model": module}``) or a bare
-    state dict. Tensors absent from the file (e.g. a head to be trained) keep their values.
+    state dict, read without running code stored in it. Every model tensor must be matched,
+    except for a file that covers the whole backbone and neck (the Detect head then keeps its
+    fresh initialisation, e.g. for a new class set); anything less is refused unless
+    :func:`~detprune.utils.checkpoints.load_policy` has ``partial_weights`` (``--partial-weights``).
     """
+    from detprune.utils.checkpoints import current_policy, load_torch_file, notice
+
     path = Path(weights)
     if not path.is_file():
         raise BadInputError(f"{path}: weights file not found")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        try:
-            from ultralytics.nn.tasks import torch_safe_load
-
-            data, _ = torch_safe_load(str(path))
-        except Exception as exc:
-            raise BadInputError(f"{path}: cannot read weights ({_first_line(exc)})") from None
-    state = _state_dict_of(data)
+    state = _state_dict_of(load_torch_file(path, what="weights"))
     if state is None:
         raise BadInputError(f"{path}: no state dict inside (expected a 'state_dict' or 'model' entry, or tensors)")
     own = model.state_dict()
@@ -401,7 +422,26 @@ def load_state_dict_file(model: nn.Module, weights: str | Path) -> WeightsReport
     )
     if not matched:
         raise BadInputError(f"{path}: none of its {len(state)} tensors match this architecture's names and shapes")
+    wanted = [k for k in own if not k.endswith("num_batches_tracked")]  # counters are bookkeeping, not weights
+    loaded = [k for k in wanted if k in matched]
+    head = f"model.{len(model.model) - 1}." if hasattr(model, "model") else None
+    body = [k for k in wanted if head is None or not k.startswith(head)]
+    counts = f"{len(loaded)} of {len(wanted)} model tensors"
+    if len(loaded) == len(wanted):
+        message = f"weights {path}: loaded {counts}"
+    elif head is not None and all(k in matched for k in body):
+        new = len(wanted) - len(loaded)
+        message = (f"weights {path}: backbone and neck loaded ({len(body)} of {len(body)} tensors), "
+                   f"head new ({new} of {len(wanted) - len(body)} head tensors left as initialised)")
+    elif current_policy().partial_weights:
+        message = f"weights {path}: loaded {counts} (--partial-weights); the other {len(wanted) - len(loaded)} stay as initialised"
+    else:
+        raise BadInputError(
+            f"{path}: only {counts} match by name and shape ({report.summary()}); "
+            "the rest would stay randomly initialised: pass --partial-weights to load them anyway"
+        )
     model.load_state_dict(matched, strict=False)
+    notice(message)
     LOGGER.info("%s: %s", path, report.summary())
     return report
 

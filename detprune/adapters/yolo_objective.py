@@ -188,7 +188,8 @@ def _assigned_score(criterion, raw: dict[str, torch.Tensor], targets: dict[str, 
     return (assigned * overlap * fg_mask.to(assigned.dtype)).sum()
 
 
-def predict(model: nn.Module, batch: Batch, *, conf: float, iou: float, max_det: int) -> list[Detections]:
+def predict(model: nn.Module, batch: Batch, *, conf: float, iou: float, max_det: int,
+            multi_label: bool = False) -> list[Detections]:
     """Eval forward, ultralytics NMS (or the one-to-one head's top-k), boxes in original pixels."""
     head = _head(model)
     end2end = bool(getattr(model, "end2end", False))
@@ -202,18 +203,22 @@ def predict(model: nn.Module, batch: Batch, *, conf: float, iou: float, max_det:
     finally:
         head.max_det = saved_max_det
         model.train(was_training)
-    return postprocess(out, batch, nc=head.nc, end2end=end2end, conf=conf, iou=iou, max_det=max_det)
+    return postprocess(out, batch, nc=head.nc, end2end=end2end, conf=conf, iou=iou, max_det=max_det,
+                       multi_label=multi_label)
 
 
-def postprocess(raw: Any, batch: Batch, *, nc: int, end2end: bool, conf: float, iou: float, max_det: int) -> list[Detections]:
+def postprocess(raw: Any, batch: Batch, *, nc: int, end2end: bool, conf: float, iou: float, max_det: int,
+                multi_label: bool = False) -> list[Detections]:
     """The model's (or its exported graph's) raw output -> detections in original-image pixels.
 
     ``raw``: (B, 4 + nc, anchors) xywh in input pixels, or (B, max_det, 6) rows for a one-to-one
     (``end2end``) head; an eval forward's (output, features) tuple is taken as is.
+    ``multi_label``: a box gives one detection per class above ``conf`` (ultralytics' val does
+    this) instead of one for its best class; a one-to-one head's rows are kept as they are.
     """
     from ultralytics.utils.nms import non_max_suppression
 
-    rows = non_max_suppression(raw, conf, iou, max_det=max_det, nc=nc, end2end=end2end)
+    rows = non_max_suppression(raw, conf, iou, max_det=max_det, nc=nc, end2end=end2end, multi_label=multi_label)
     detections = []
     for i, row in enumerate(rows):
         row = row.detach().float().cpu().numpy()

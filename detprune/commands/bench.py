@@ -14,6 +14,8 @@ from pathlib import Path
 
 from detprune.commands.export import load_model, parse_imgsz
 
+from detprune.commands.shared import add_loading_arguments
+
 HELP = "Time the original and pruned models side by side; latency ratio beside FLOPs ratio"
 
 
@@ -21,6 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML recipe whose fields are defaults for these flags")
     parser.add_argument("--model", required=True, help="the original model (checkpoint, yaml or name)")
     parser.add_argument("--pruned", required=True, nargs="+", help="one or more pruned checkpoints")
+    add_loading_arguments(parser, weights=False)
     parser.add_argument("--backend", choices=("onnxruntime", "torch-cuda", "tensorrt"), default="onnxruntime")
     parser.add_argument("--imgsz", type=parse_imgsz, default=640, help="input size: 640 or H,W")
     parser.add_argument("--batch", type=int, default=1)

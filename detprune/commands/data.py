@@ -22,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     convert.add_argument("--out", required=True, help="output folder")
     convert.add_argument("--val-fraction", type=float, default=None, help="share of images for val when SRC has no splits (default 0.2)")
     convert.add_argument("--val-count", type=int, default=None, help="number of val images instead of a fraction")
+    convert.add_argument("--val-list", default=None, metavar="FILE",
+                         help="frame ids of the val split, one a line (# comments); the rest is train. Listing every "
+                              "image (or --val-count of all) writes an evaluation-only set with an empty train split")
     convert.add_argument("--seed", type=int, default=None, help="seed of the train/val split (default 0)")
     convert.add_argument("--split", default=None, help="convert only this split of SRC (COCO output)")
     _common(convert)
@@ -84,12 +87,16 @@ def _convert(args: argparse.Namespace) -> int:
         print(f"wrote {written}/instances_{args.split}.json: {len(dataset)} images, {_objects(dataset)} objects")
         return 0
     train, val = load_train_val(
-        src, class_map=class_map, skip_bad=args.skip_bad, val_fraction=args.val_fraction, val_count=args.val_count, seed=args.seed
+        src, class_map=class_map, skip_bad=args.skip_bad, val_fraction=args.val_fraction, val_count=args.val_count,
+        seed=args.seed, val_list=args.val_list, allow_empty_train=True,
     )
     if args.to == "yolo":
         written = write_yolo_dataset(train, val, out, link=not args.copy)
     else:
-        written = write_coco_dataset({"train": train, "val": val}, out, link=not args.copy)
+        splits = {"train": train, "val": val} if len(train) else {"val": val}
+        written = write_coco_dataset(splits, out, link=not args.copy)
+    if not len(train):
+        print("train split empty: an evaluation-only set (ultralytics' val and 'detprune eval' read its val split)")
     _skipped_note(train, val)
     print(
         f"wrote {written}: train {len(train)} images / {_objects(train)} objects, "

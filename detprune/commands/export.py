@@ -6,13 +6,17 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from detprune.commands.shared import add_loading_arguments
+
 HELP = "Export a model to ONNX (fp32, fp16 or int8) and print how closely each graph matches"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML recipe whose fields are defaults for these flags")
     parser.add_argument("--model", required=True, help="checkpoint (.pt), or architecture yaml / name")
-    parser.add_argument("--out", required=True, help="ONNX file to write")
+    add_loading_arguments(parser, weights=False)
+    parser.add_argument("--out", required=True, help="ONNX file to write (never the --model file itself)")
+    parser.add_argument("--exist-ok", action="store_true", help="replace an existing --out file")
     parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
     add_calibration_arguments(parser)
     parser.add_argument("--imgsz", type=parse_imgsz, default=640, help="input size: 640 or H,W (e.g. 384,1280)")
@@ -75,6 +79,7 @@ def calibration_inputs(args, input_shape):
 
 
 def run(args: argparse.Namespace) -> int:
+    from detprune.commands.outputs import check_output_file
     from detprune.errors import BadInputError
     from detprune.export.calibration import select_images
     from detprune.export.onnx import export_onnx
@@ -87,11 +92,12 @@ def run(args: argparse.Namespace) -> int:
         raise BadInputError("--precision int8 needs --data DIR: calibration images from the dataset")
     if args.data:
         select_images(args.data, args.calib_images, args.seed)  # a bad folder fails before the export
+    out = Path(args.out)
+    check_output_file(out, args.exist_ok, inputs=[args.model, args.data, args.eval_data])
     adapter, model = load_model(args.model)
     dataset = eval_dataset(args, adapter, model) if args.eval_data else None
     module = adapter.export_module(model)
     example = adapter.example_inputs(model, args.imgsz, args.batch)
-    out = Path(args.out)
     if args.precision == "fp32":
         result = export_onnx(module, example, out, opset=args.opset, dynamic_batch=args.dynamic_batch, simplify=args.simplify)
         print(f"fp32 vs PyTorch: {result.parity.describe()}")

@@ -7,14 +7,16 @@ do (no data, no fine-tuning epochs) passes. Everything is written into a tempora
 every stage has succeeded.
 
 Files in ``--out``: ``pruned.pt`` (the adapter's checkpoint of the pruned model),
-``prune.json`` (params and FLOPs before/after, target and result, the removed channels per
-group, timings, versions), ``channels.csv`` / ``channels.json`` (output channels per layer
-before/after), ``channels.png``, ``scores.pt`` (the scores used) and ``config.yaml`` (every
+``prune.json`` (params and FLOPs before/after, target and result, the allocation, the
+removed channels per group, timings, versions), ``channels.csv`` / ``channels.json`` (output
+channels per layer before/after), ``channels.png``, ``scores.pt`` (the scores used;
+``width_scores.pt`` too with ``--widths-from``) and ``config.yaml`` (every
 option of the run; ``--config`` reads it back). With ``--data``: ``report.json`` /
 ``report.md`` (mAP, AP50, AP_small/medium/large, per-class AP, KITTI easy/moderate/hard AP
 on KITTI data, params, FLOPs, ONNX Runtime CPU latency, channels per layer, before and
 after), plots, ``original.onnx`` / ``pruned.onnx`` (the graphs timed), and with
-``--finetune-epochs`` the fine-tuning run under ``finetune/``. ``--schedule iterative`` or
+``--finetune-epochs`` the fine-tuning run under ``finetune/`` (which distils from the
+model before the cut unless ``--no-distill``: :mod:`detprune.train.distill`). ``--schedule iterative`` or
 ``progressive`` cuts in steps with training between them (:mod:`detprune.commands.prune_schedule`).
 """
 
@@ -27,19 +29,21 @@ from typing import Any, Callable
 
 from detprune.commands import prune_schedule
 from detprune.commands.outputs import check_output_folder
-from detprune.commands.shared import compact_json, read_class_map, resolve_device
+from detprune.commands.shared import add_loading_arguments, compact_json, read_class_map, resolve_device
+from detprune.defaults import DEFAULT_IMGSZ
 
 HELP = "prune a detector's channels to a FLOPs, parameter or channel target and write the smaller model"
 MARKER = "pruned.pt"
 TARGET_FLAGS = ("target_flops", "target_params", "ratio", "target_latency")
 # options that describe how a run writes, not what it computes: left out of config.yaml
-_NOT_RECORDED = {"config", "exist_ok", "help"}
+_NOT_RECORDED = {"config", "exist_ok", "help", "trust_checkpoint"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="YAML recipe whose fields are defaults for these flags")
     parser.add_argument("--model", required=True, help="yolov8n.yaml, an ultralytics .pt, ...")
     parser.add_argument("--weights", default=None, help="state-dict file to load into --model (names and shapes that match)")
+    add_loading_arguments(parser, weights=True)
     parser.add_argument("--data", default=None, help="dataset (KITTI folder, dataset yaml, ...); only criteria that score on images need it")
     parser.add_argument("--split", default=None, help="which split of --data to score on (where it has several)")
     parser.add_argument("--class-map", default=None, help="class map for a KITTI or COCO --data")
@@ -62,8 +66,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="accepted relative distance of the measured latency ratio from the target (default 0.05)")
     target.add_argument("--search-runs", type=int, default=30, help="timed runs per model and candidate of the latency search")
     limits = parser.add_argument_group("allocation")
-    limits.add_argument("--per-layer", action="store_true", default=False,
-                        help="remove the same fraction from every group instead of one global ranking")
+    limits.add_argument("--allocation", default="global",
+                        help="how many channels each group keeps: global (one ranking, default), uniform (the same "
+                             "fraction of every group) or cost (most importance kept per unit of --cost)")
+    limits.add_argument("--cost", default=None,
+                        help="what --allocation cost spends: flops or params (default: the target's kind)")
+    limits.add_argument("--widths-from", default=None, metavar="CRITERION",
+                        help="allocate the widths on this criterion's scores; --criterion then picks the channels kept")
+    limits.add_argument("--per-layer", action="store_true", default=False, help="the same as --allocation uniform")
     limits.add_argument("--round-to", type=int, default=8, help="kept channels are a multiple of this: 8 (default), 16, 32; 1 = any")
     limits.add_argument("--min-channels", type=int, default=8, help="no group keeps fewer channels (default 8)")
     limits.add_argument("--max-ratio", type=float, default=0.8, help="no group loses more than this fraction (default 0.8)")
@@ -74,16 +84,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     after.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune the pruned model this many epochs (default 0)")
     after.add_argument("--finetune-batch", type=int, default=None, help="fine-tuning batch size (default: the trainer's)")
     after.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate (default: the trainer's)")
+    after.add_argument("--distill", action=argparse.BooleanOptionalAction, default=None,
+                       help="fine-tune learning from the unpruned model too (knowledge distillation; default on "
+                            "with --finetune-epochs, --no-distill turns it off)")
+    after.add_argument("--distill-weight", type=float, default=None,
+                       help="weight of the distillation loss (default: YOLO ultralytics' dis 6.0, Faster R-CNN 1.0)")
     after.add_argument("--val-fraction", type=float, default=None, help="share of --data held out for evaluation (default 0.2)")
     after.add_argument("--val-count", type=int, default=None, help="number of images held out instead of a share")
+    after.add_argument("--val-list", default=None, metavar="FILE",
+                       help="frame ids held out for evaluation, one a line (# comments), e.g. KITTI's val.txt")
     after.add_argument("--no-eval", action="store_true", help="skip the before/after evaluation and report")
     after.add_argument("--latency-runs", type=int, default=30, help="timed ONNX Runtime runs per model in the report (0 = none)")
-    parser.add_argument("--imgsz", type=int, default=320, help="input size the FLOPs are counted at (and images scored at)")
+    parser.add_argument("--imgsz", type=int, default=DEFAULT_IMGSZ, help="input size the FLOPs are counted at (and images scored at)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random criterion and of the image subset")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... for scoring and pruning (default: cuda when available)")
     parser.add_argument("--out", default="runs/prune/exp", help="output folder (default runs/prune/exp)")
     parser.add_argument("--exist-ok", action="store_true", help="replace an output folder an earlier 'detprune prune' wrote")
     prune_schedule.add_arguments(parser)
+    from detprune.commands.eval import add_eval_arguments
+
+    add_eval_arguments(parser)
 
 
 @dataclass
@@ -101,6 +121,9 @@ class PruneRun:
     evaluation: Any = None  # the before/after Report
     criterion: Any = None
     scores: dict = field(default_factory=dict)
+    teacher: Any = None  # the model before the cut, kept for distillation while fine-tuning
+    width_criterion: Any = None  # --widths-from's criterion
+    width_scores: Any = None  # and its scores
     result: Any = None
     latency: Any = None  # the latency search, with --target-latency
     schedule: Any = None  # the ScheduleResult, with --schedule iterative / progressive
@@ -157,6 +180,7 @@ def _validate(args: argparse.Namespace) -> None:
             if str(err).startswith(k + " "):
                 raise DetpruneError(flag + str(err)[len(k):]) from None
         raise
+    _validate_allocation(args)
     if args.round_to < 1:
         raise DetpruneError(f"--round-to must be >= 1 (1 = no rounding), got {args.round_to}")
     if args.min_channels < 1:
@@ -169,7 +193,60 @@ def _validate(args: argparse.Namespace) -> None:
         raise DetpruneError("--finetune-epochs needs --data to train on")
     if args.imgsz < 32 or args.batch_size < 1 or (args.max_images is not None and args.max_images < 1):
         raise DetpruneError("--imgsz must be >= 32, --batch-size and --max-images >= 1")
+    _validate_distillation(args)
     prune_schedule.validate(args)
+
+
+def _validate_distillation(args: argparse.Namespace) -> None:
+    from detprune.errors import DetpruneError
+    from detprune.train.distill import check_weight
+
+    try:
+        check_weight(args.distill_weight)
+    except DetpruneError as err:
+        raise DetpruneError(f"--distill-weight: {err}") from None
+    if args.distill and args.finetune_epochs <= 0:
+        raise DetpruneError("--distill distils while fine-tuning: give --finetune-epochs")
+    if args.distill and args.schedule != "one-shot":
+        raise DetpruneError(f"--distill applies to --schedule one-shot, not {args.schedule}")
+    if args.distill_weight is not None and not _distils(args):
+        raise DetpruneError("--distill-weight needs distillation: --finetune-epochs, --schedule one-shot, no --no-distill")
+
+
+def _distils(args: argparse.Namespace) -> bool:
+    """Distillation is on by default whenever a one-shot run fine-tunes: the unpruned model is at hand."""
+    return args.distill is not False and args.finetune_epochs > 0 and args.schedule == "one-shot"
+
+
+def _validate_allocation(args: argparse.Namespace) -> None:
+    from detprune.criteria.base import available_criteria
+    from detprune.errors import DetpruneError
+    from detprune.pruning.allocation import ALLOCATIONS
+    from detprune.pruning.knapsack import COSTS
+
+    if args.allocation not in ALLOCATIONS:
+        raise DetpruneError(f"--allocation must be one of {', '.join(ALLOCATIONS)}, got {args.allocation!r}")
+    if args.per_layer and args.allocation not in ("global", "uniform"):
+        raise DetpruneError(f"--per-layer is --allocation uniform; it contradicts --allocation {args.allocation}")
+    if args.cost is not None and (args.cost not in COSTS or allocation(args) != "cost"):
+        raise DetpruneError(f"--cost is flops or params, with --allocation cost (got --cost {args.cost!r}, "
+                            f"--allocation {allocation(args)})")
+    if args.widths_from is not None:
+        if args.widths_from not in available_criteria():
+            raise DetpruneError(f"--widths-from: unknown criterion {args.widths_from!r}; "
+                                f"choose from {', '.join(available_criteria())}")
+        if args.schedule != "one-shot":
+            raise DetpruneError(f"--widths-from applies to --schedule one-shot, not {args.schedule}")
+
+
+def allocation(args: argparse.Namespace) -> str:
+    return "uniform" if args.per_layer else args.allocation
+
+
+def allocation_record(args: argparse.Namespace, result=None) -> dict:
+    """What chose the widths and the channels: for prune.json and the report."""
+    cost = result.settings.get("cost") if result is not None else args.cost
+    return {"allocation": allocation(args), "cost": cost, "widths_from": args.widths_from}
 
 
 def _validate_latency(args: argparse.Namespace) -> None:
@@ -189,18 +266,27 @@ def _validate_latency(args: argparse.Namespace) -> None:
 def load_stage(state: PruneRun) -> None:
     """The adapter, the model prepared for pruning, the dataset where one is given."""
     from detprune.adapters import get_adapter
+    from detprune.data.class_match import align_classes
     from detprune.errors import DetpruneError
+    from detprune.workflow.loading import load_for_data
 
     args = state.args
     if args.scores is None:
         state.criterion = _criterion(args)
         if state.criterion.needs_data and not args.data:
             raise DetpruneError(f"criterion {args.criterion!r} scores on images: give --data (or --scores from 'detprune score')")
+    if args.widths_from is not None:
+        state.width_criterion = _criterion(args, args.widths_from, options=False)
+        if state.width_criterion.needs_data and not args.data:
+            raise DetpruneError(f"--widths-from {args.widths_from} scores on images: give --data")
     if args.data:
         state.dataset, state.train, state.val = _datasets(args)
     state.adapter = get_adapter(args.model)
-    names = state.dataset.class_names if state.dataset is not None else None
-    model = state.adapter.load(args.model, weights=args.weights, class_names=names)
+    model, aligned = load_for_data(state.adapter, args.model, state.dataset, weights=args.weights, rehead=True)
+    if aligned is not state.dataset:  # a trained model's classes in another order: the data's labels follow it
+        own = state.adapter.class_names(model)
+        state.train, state.val = (None if d is None else align_classes(d, own, notify=None) for d in (state.train, state.val))
+        state.dataset = aligned
     state.model = state.adapter.prepare_for_pruning(model).to(resolve_device(args.device))
 
 
@@ -232,6 +318,29 @@ def score_stage(state: PruneRun) -> None:
             batches = progress_bar(iter_batches(state.dataset, args.imgsz, args.batch_size), total=total, desc="score")
         state.scores = state.criterion.score(state.adapter, state.model, batches)
     torch.save({k: v.detach().cpu() for k, v in state.scores.items()}, state.folder / "scores.pt")
+    if state.width_criterion is not None:  # the same images, in the same batches
+        batches = _batches(state, args.widths_from) if state.width_criterion.needs_data else []
+        state.width_scores = state.width_criterion.score(state.adapter, state.model, batches)
+        torch.save({k: v.detach().cpu() for k, v in state.width_scores.items()}, state.folder / "width_scores.pt")
+
+
+def _batches(state: PruneRun, name: str):
+    from detprune.data.batch import iter_batches
+    from detprune.utils.progress import progress_bar
+
+    args = state.args
+    total = -(-len(state.dataset) // args.batch_size)
+    return progress_bar(iter_batches(state.dataset, args.imgsz, args.batch_size), total=total, desc=f"score {name}")
+
+
+def teacher_stage(state: PruneRun) -> None:
+    """A copy of the model before the cut: the teacher the pruned model distils from while it is fine-tuned."""
+    import copy
+
+    if _distils(state.args):
+        state.teacher = copy.deepcopy(state.model)
+        for p in state.teacher.parameters():
+            p.grad = None  # scoring may have left gradients; the teacher never gets one
 
 
 def prune_stage(state: PruneRun) -> None:
@@ -244,7 +353,8 @@ def prune_stage(state: PruneRun) -> None:
         state.result, state.latency = prune_to_latency(
             state.adapter, state.model, state.scores, target=args.target_latency, backend=args.backend,
             tolerance=args.latency_tolerance, imgsz=args.imgsz, runs=args.search_runs, progress=print,
-            global_ranking=not args.per_layer, round_to=args.round_to, min_channels=args.min_channels,
+            allocation=allocation(args), cost=args.cost, width_scores=state.width_scores,
+            round_to=args.round_to, min_channels=args.min_channels,
             max_ratio=args.max_ratio, normalisation=args.normalisation,
         )
         state.model = state.result.model
@@ -256,7 +366,9 @@ def prune_stage(state: PruneRun) -> None:
         target_flops=args.target_flops,
         target_params=args.target_params,
         ratio=args.ratio,
-        global_ranking=not args.per_layer,
+        allocation=allocation(args),
+        cost=args.cost,
+        width_scores=state.width_scores,
         round_to=args.round_to,
         min_channels=args.min_channels,
         max_ratio=args.max_ratio,
@@ -288,8 +400,11 @@ def _summary(state: PruneRun, name: str, **info):
     from detprune.workflow.measure import summarise
 
     args = state.args
+    from detprune.commands.eval import eval_options
+
     return summarise(state.adapter, state.model, state.val, imgsz=args.imgsz, batch_size=args.batch_size,
-                     latency_runs=args.latency_runs, onnx_path=state.folder / f"{name}.onnx", info=info)
+                     latency_runs=args.latency_runs, onnx_path=state.folder / f"{name}.onnx", info=info,
+                     eval_options=eval_options(args))
 
 
 def baseline_stage(state: PruneRun) -> None:
@@ -310,7 +425,9 @@ def finetune_stage(state: PruneRun) -> None:
         state.adapter, state.model, state.train, state.val, epochs=args.finetune_epochs, out_dir=state.folder,
         imgsz=args.imgsz, batch=args.finetune_batch, lr=args.lr, seed=args.seed,
         device="cpu" if device.type == "cpu" else str(device.index or 0),
+        teacher=state.teacher, distill_weight=args.distill_weight,
     )
+    state.teacher = None  # done: free the copy
 
 
 def evaluate_stage(state: PruneRun) -> None:
@@ -327,24 +444,26 @@ def evaluate_stage(state: PruneRun) -> None:
     state.evaluation = Report.from_pair(state.before, after, run_info={
         "model": str(args.model), "data": str(args.data), "criterion": args.criterion, "target": target.describe(),
         "achieved": state.result.achieved, "round_to": args.round_to, "finetune_epochs": args.finetune_epochs,
-        "schedule": args.schedule,
+        "schedule": args.schedule, "allocation": allocation_record(args, state.result),
     })
     state.evaluation.save(state.folder)
     save_report_plots(state.evaluation, state.folder)
 
 
 STAGES: tuple[Callable[[PruneRun], None], ...] = (
-    load_stage, baseline_stage, score_stage, prune_stage, finetune_stage, evaluate_stage, write_stage,
+    load_stage, baseline_stage, score_stage, teacher_stage, prune_stage, finetune_stage, evaluate_stage, write_stage,
 )
 
 
 # --- helpers --------------------------------------------------------------------------------
 
 
-def _criterion(args: argparse.Namespace):
+def _criterion(args: argparse.Namespace, name: str | None = None, options: bool = True):
+    """``--criterion`` with its ``--criterion-option``s, or criterion ``name`` with its defaults."""
     from detprune.criteria.base import build_criterion, parse_options
 
-    return build_criterion(args.criterion, parse_options(args.criterion_option), {"seed": args.seed, "progress": True})
+    chosen = parse_options(args.criterion_option) if options else {}
+    return build_criterion(name or args.criterion, chosen, {"seed": args.seed, "progress": True})
 
 
 def _datasets(args: argparse.Namespace):
@@ -361,7 +480,7 @@ def _datasets(args: argparse.Namespace):
     train = val = None
     if _evaluates(args) or args.finetune_epochs > 0 or args.schedule != "one-shot":
         train, val = load_train_val(args.data, class_map=class_map, val_fraction=args.val_fraction,
-                                    val_count=args.val_count, seed=args.seed)
+                                    val_count=args.val_count, seed=args.seed, val_list=args.val_list)
         scored = train
     else:
         scored = load_dataset(args.data, class_map=class_map, split=args.split)
@@ -395,6 +514,9 @@ def _report(state: PruneRun) -> dict:
     report["model"] = str(state.args.model)
     report["criterion"] = None if state.args.scores else state.args.criterion
     report["scores"] = "scores.pt"
+    report["allocation"] = allocation_record(state.args, result)
+    if state.width_scores is not None:
+        report["width_scores"] = "width_scores.pt"
     report["imgsz"] = state.args.imgsz
     if state.latency is not None:
         report["latency_target"] = state.latency.as_dict()
@@ -420,6 +542,9 @@ def _print_summary(state: PruneRun, out: Path) -> None:
     target = result.target
     print(f"target: {target.describe()}; reached {target.describe(result.achieved[target.kind])}; "
           f"{result.num_prunable_groups}/{result.num_groups} groups prunable; surgery {result.seconds.get('surgery', 0):.2f} s")
+    chosen = allocation_record(state.args, result)
+    print(f"allocation: {chosen['allocation']}" + (f" on {chosen['cost']}" if chosen["cost"] else "")
+          + (f", widths from {chosen['widths_from']}" if chosen["widths_from"] else ""))
     if state.latency is not None:
         search = state.latency
         print(f"latency: x{search.measured_ratio:.3f} of the original on {search.backend} (target x{search.target:g} "

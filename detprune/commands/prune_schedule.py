@@ -98,6 +98,7 @@ def schedule_stage(state) -> None:
     """Score, cut and train step by step (replaces prune's score, prune and fine-tune stages)."""
     import torch
 
+    from detprune.commands.prune import allocation
     from detprune.commands.shared import resolve_device
     from detprune.workflow.progressive import run_schedule
 
@@ -108,8 +109,8 @@ def schedule_stage(state) -> None:
           f"{epochs_per_step(args)} epoch(s) each on {', '.join(str(len(s.train_on)) for s in steps)} images")
     train_options = dict(imgsz=args.imgsz, batch=args.finetune_batch, lr=args.lr, seed=args.seed,
                          device="cpu" if device.type == "cpu" else str(device.index or 0))
-    prune_options = dict(global_ranking=not args.per_layer, round_to=args.round_to, min_channels=args.min_channels,
-                         max_ratio=args.max_ratio, normalisation=args.normalisation)
+    prune_options = dict(allocation=allocation(args), cost=args.cost, round_to=args.round_to,
+                         min_channels=args.min_channels, max_ratio=args.max_ratio, normalisation=args.normalisation)
     state.schedule = run_schedule(
         state.adapter, state.model, steps, state.val, criterion=state.criterion, out_dir=state.folder,
         imgsz=args.imgsz, batch_size=args.batch_size, train_options=train_options, prune_options=prune_options,

@@ -15,7 +15,8 @@ import json
 from pathlib import Path
 
 from detprune.commands.outputs import check_output_folder
-from detprune.commands.shared import read_class_map, resolve_device
+from detprune.commands.shared import add_loading_arguments, read_class_map, resolve_device
+from detprune.defaults import DEFAULT_IMGSZ
 
 HELP = "score every prunable channel (box-weighted saliency, Taylor, magnitude, ...) and write the scores"
 MARKER = "scores.pt"
@@ -35,8 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="YAML recipe whose fields are defaults for these flags")
     parser.add_argument("--model", required=True, help="yolov8n.yaml, an ultralytics .pt, fasterrcnn_* ...")
     parser.add_argument("--weights", default=None, help="state-dict file to load into --model (names and shapes that match)")
+    add_loading_arguments(parser, weights=True)
     parser.add_argument("--data", default=None, help="dataset: KITTI folder, YOLO folder or yaml, dataset yaml, COCO json")
     parser.add_argument("--split", default=None, help="which split of --data to score on (where it has several)")
+    parser.add_argument("--val-list", default=None, metavar="FILE",
+                        help="frame ids to leave out of scoring (the val split 'prune --val-list' and 'eval' evaluate on)")
     parser.add_argument("--class-map", default=None, help="KITTI: kitti3 (default) ...; COCO: coco-traffic (default), coco-all")
     parser.add_argument("--criterion", default="saliency", help="saliency (default), taylor, l1, l2, bn, random, catro, car ...")
     parser.add_argument("--criterion-option", action="append", default=None, metavar="KEY=VALUE",
@@ -53,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     taylor = parser.add_argument_group("Taylor")
     taylor.add_argument("--reduction", choices=("squared", "abs", "group"), default=None,
                         help="sum of (w dL/dw)^2 (default), of |w dL/dw|, or the square of the channel's sum")
-    parser.add_argument("--imgsz", type=int, default=320, help="network input size (letterboxed square)")
+    parser.add_argument("--imgsz", type=int, default=DEFAULT_IMGSZ, help=f"network input size (letterboxed square, default {DEFAULT_IMGSZ})")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-images", type=int, default=None, help="score on a seeded random subset of this many images")
     parser.add_argument("--seed", type=int, default=0, help="seed of the subset and of the scoring pass")
@@ -114,9 +118,16 @@ def _criterion(args: argparse.Namespace, get_criterion):
 def _dataset(args: argparse.Namespace):
     import numpy as np
 
-    from detprune.data.loader import load_dataset
+    from detprune.data.loader import load_dataset, load_train_val
 
-    dataset = load_dataset(args.data, class_map=read_class_map(args.class_map), split=args.split)
+    if getattr(args, "val_list", None):
+        if args.split:
+            from detprune.errors import DetpruneError
+
+            raise DetpruneError("--val-list leaves its frames out of the whole set; drop --split")
+        dataset, _ = load_train_val(args.data, class_map=read_class_map(args.class_map), val_list=args.val_list)
+    else:
+        dataset = load_dataset(args.data, class_map=read_class_map(args.class_map), split=args.split)
     if len(dataset) == 0:
         from detprune.errors import BadInputError
 

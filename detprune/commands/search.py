@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 from detprune.commands.outputs import check_output_folder
-from detprune.commands.shared import compact_json, read_class_map
+from detprune.commands.shared import add_loading_arguments, compact_json, read_class_map
+from detprune.defaults import DEFAULT_IMGSZ
 
 HELP = "search per-group widths with a supernet (PSE-Net) under a FLOPs or latency budget, cut and fine-tune"
 MARKER = "pruned.pt"
@@ -31,6 +32,7 @@ MARKER = "pruned.pt"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="yolov8n.yaml, an ultralytics .pt, ...")
     parser.add_argument("--weights", default=None, help="state-dict file to load into --model")
+    add_loading_arguments(parser, weights=True)
     parser.add_argument("--data", required=True, help="dataset (KITTI folder, dataset yaml, ...) to train and validate on")
     parser.add_argument("--class-map", default=None, help="class map for a KITTI or COCO --data")
     budget = parser.add_argument_group("budget (give one)")
@@ -51,9 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     after = parser.add_argument_group("fine-tune and evaluate")
     after.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune the cut model this many epochs (default 0)")
     after.add_argument("--val-count", type=int, default=None, help="images held out for the estimator and the report (default 20%%)")
+    after.add_argument("--val-list", default=None, metavar="FILE",
+                       help="frame ids held out for the estimator and the report instead, one a line (# comments)")
     after.add_argument("--no-eval", action="store_true", help="skip the before/after report")
     after.add_argument("--latency-runs", type=int, default=30, help="timed ONNX Runtime runs per model in the report (0 = none)")
-    parser.add_argument("--imgsz", type=int, default=320, help="input size (training, estimating, FLOPs)")
+    parser.add_argument("--imgsz", type=int, default=DEFAULT_IMGSZ, help=f"input size (training, estimating, FLOPs; default {DEFAULT_IMGSZ})")
     parser.add_argument("--batch-size", type=int, default=8, help="batch size of scoring, supernet training and fine-tuning")
     parser.add_argument("--lr", type=float, default=0.01, help="SGD learning rate of the supernet and the fine-tuning (default 0.01)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, the sampling, the search and the fine-tuning")
@@ -125,7 +129,8 @@ def _search(args: argparse.Namespace, folder: Path) -> dict:
     seconds: dict[str, float] = {}
     device = resolve_device(args.device)
     class_map = read_class_map(args.class_map)
-    train, val = load_train_val(args.data, class_map=class_map, val_count=args.val_count, seed=args.seed)
+    train, val = load_train_val(args.data, class_map=class_map, val_count=args.val_count, seed=args.seed,
+                                val_list=getattr(args, "val_list", None))
     if len(train) == 0 or len(val) == 0:
         raise BadInputError(f"{args.data}: need images for both the training and the validation split")
     adapter = get_adapter(args.model)

@@ -6,6 +6,7 @@ pixels everywhere between the dataset and the model.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -14,9 +15,11 @@ import numpy as np
 import torch
 
 from detprune.data.types import DetectionSet, Sample
+from detprune.defaults import LETTERBOX_MODES
 from detprune.errors import BadInputError
 
 PAD_VALUE = 114  # grey, as the ultralytics letterbox pads
+RECT_PAD = 0.5  # strides of border ultralytics' val rect adds (its dataset ``pad`` outside training)
 
 
 def as_hw(imgsz: int | Sequence[int]) -> tuple[int, int]:
@@ -37,14 +40,26 @@ def read_image(path) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Letterbox:
-    """How an original image maps into the network input: ``x_in = x * scale + pad_x``."""
+    """How an original image maps into the network input: ``x_in = x * scale + pad_x``,
+    ``y_in = y * scale_y + pad_y`` (``scale_y`` None: ``scale``, one gain for both axes).
+
+    The rect letterbox rounds each resized side up, so its two gains differ slightly; boxes map
+    back per axis, as ultralytics' ``scale_boxes`` does with the val loader's ``ratio_pad``.
+    """
 
     scale: float
     pad_x: float
     pad_y: float
+    scale_y: float | None = None
+
+    @property
+    def gains(self) -> np.ndarray:
+        """(x, y, x, y) gains of an xyxy box."""
+        sy = self.scale if self.scale_y is None else self.scale_y
+        return np.array([self.scale, sy, self.scale, sy], dtype=np.float32)
 
     def to_input(self, boxes: np.ndarray) -> np.ndarray:
-        out = boxes.astype(np.float32) * self.scale
+        out = boxes.astype(np.float32) * self.gains
         out[:, [0, 2]] += self.pad_x
         out[:, [1, 3]] += self.pad_y
         return out
@@ -53,21 +68,58 @@ class Letterbox:
         out = boxes.astype(np.float32).copy()
         out[:, [0, 2]] -= self.pad_x
         out[:, [1, 3]] -= self.pad_y
-        return out / self.scale
+        return out / self.gains
 
 
-def letterbox(image: np.ndarray, imgsz: int | Sequence[int]) -> tuple[np.ndarray, Letterbox]:
-    """Resize keeping the aspect ratio to fit (H, W), pad the rest symmetrically."""
+def rect_shape(sizes: Sequence[tuple[int, int]], imgsz: int | Sequence[int], stride: int = 32) -> tuple[int, int]:
+    """The (H, W) canvas of an ultralytics val rect batch of images of ``sizes`` (height, width).
+
+    As ``YOLODataset.set_rectangle``: with every image wider than tall the shape is
+    (max h/w, 1), with every image taller than wide (1, 1 / min h/w), else (1, 1); times the
+    long side, plus half a stride, rounded up to the stride.
+    """
+    long_side = max(as_hw(imgsz))
+    ratios = [h / w for h, w in sizes]
+    low, high = min(ratios), max(ratios)
+    shape = (high, 1.0) if high < 1 else (1.0, 1.0 / low) if low > 1 else (1.0, 1.0)
+    h, w = (int(math.ceil(side * long_side / stride + RECT_PAD)) * stride for side in shape)
+    return h, w
+
+
+def letterbox(image: np.ndarray, imgsz: int | Sequence[int], scale: float | None = None) -> tuple[np.ndarray, Letterbox]:
+    """Resize keeping the aspect ratio to fit (H, W) (or by ``scale``), pad the rest symmetrically."""
     out_h, out_w = as_hw(imgsz)
     h, w = image.shape[:2]
-    scale = min(out_h / h, out_w / w)
-    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+    scale = min(out_h / h, out_w / w) if scale is None else scale
+    new_w, new_h = min(out_w, max(1, round(w * scale))), min(out_h, max(1, round(h * scale)))
     resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR) if (new_w, new_h) != (w, h) else image
-    pad_x, pad_y = (out_w - new_w) / 2, (out_h - new_h) / 2
-    left, top = int(round(pad_x - 0.1)), int(round(pad_y - 0.1))
+    canvas, left, top = _pad(resized, out_h, out_w)
+    return canvas, Letterbox(scale, left, top)
+
+
+def rect_letterbox(image: np.ndarray, canvas_hw: tuple[int, int], long_side: int) -> tuple[np.ndarray, Letterbox]:
+    """ultralytics' val loader: the long side to ``long_side``, then padded centred into ``canvas_hw``.
+
+    As its ``load_image``: ratio r = long_side / max(h, w); each side becomes ceil(side * r),
+    at most ``long_side`` (the cap absorbs float error on the long side), bilinear
+    (cv2.INTER_LINEAR). Its LetterBox (no upscaling) then only pads, since the rect canvas is
+    larger than the image. The gains are per axis (new / old side), as its ``ratio_pad``.
+    """
+    h, w = image.shape[:2]
+    r = long_side / max(h, w)
+    new_w, new_h = (min(math.ceil(w * r), long_side), min(math.ceil(h * r), long_side)) if r != 1 else (w, h)
+    resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR) if (new_w, new_h) != (w, h) else image
+    canvas, left, top = _pad(resized, *canvas_hw)
+    return canvas, Letterbox(new_w / w, left, top, scale_y=new_h / h)
+
+
+def _pad(image: np.ndarray, out_h: int, out_w: int) -> tuple[np.ndarray, float, float]:
+    """``image`` centred on a grey (out_h, out_w) canvas, the odd pixel right and below as ultralytics'."""
+    h, w = image.shape[:2]
+    left, top = int(round((out_w - w) / 2 - 0.1)), int(round((out_h - h) / 2 - 0.1))
     canvas = np.full((out_h, out_w, 3), PAD_VALUE, dtype=np.uint8)
-    canvas[top : top + new_h, left : left + new_w] = resized
-    return canvas, Letterbox(scale, float(left), float(top))
+    canvas[top : top + h, left : left + w] = image
+    return canvas, float(left), float(top)
 
 
 @dataclass
@@ -99,10 +151,14 @@ class Batch:
         )
 
 
-def collate(samples: Sequence[Sample], imgsz: int | Sequence[int]) -> Batch:
+def collate(samples: Sequence[Sample], imgsz: int | Sequence[int], *, rect: bool = False, stride: int = 32) -> Batch:
+    """One batch; ``rect``: ultralytics' val rect canvas for these images (:func:`rect_shape`)."""
+    canvas_hw = rect_shape([(s.height, s.width) for s in samples], imgsz, stride) if rect else as_hw(imgsz)
+    long_side = max(as_hw(imgsz))
     images, boxes, labels, ignore, boxes_lb = [], [], [], [], []
     for sample in samples:
-        canvas, lb = letterbox(read_image(sample.image_path), imgsz)
+        image = read_image(sample.image_path)
+        canvas, lb = rect_letterbox(image, canvas_hw, long_side) if rect else letterbox(image, canvas_hw)
         images.append(torch.from_numpy(np.ascontiguousarray(canvas.transpose(2, 0, 1))))
         boxes.append(torch.from_numpy(lb.to_input(sample.boxes)))
         labels.append(torch.from_numpy(sample.labels.copy()))
@@ -113,9 +169,20 @@ def collate(samples: Sequence[Sample], imgsz: int | Sequence[int]) -> Batch:
 
 
 def iter_batches(
-    dataset: DetectionSet | Sequence[Sample], imgsz: int | Sequence[int], batch_size: int = 8
+    dataset: DetectionSet | Sequence[Sample],
+    imgsz: int | Sequence[int],
+    batch_size: int = 8,
+    *,
+    letterbox: str = "square",
+    stride: int = 32,
 ) -> Iterator[Batch]:
-    """Batches in dataset order (deterministic: shuffling is the caller's choice)."""
+    """Batches in dataset order (deterministic: shuffling is the caller's choice).
+
+    ``letterbox``: ``square`` (every image padded into ``imgsz``) or ``rect`` (per batch the
+    canvas ultralytics' val uses, sides a multiple of ``stride``; see :func:`rect_shape`).
+    """
+    if letterbox not in LETTERBOX_MODES:
+        raise BadInputError(f"letterbox {letterbox!r}: choose {' or '.join(LETTERBOX_MODES)}")
     samples = list(dataset)
     for start in range(0, len(samples), batch_size):
-        yield collate(samples[start : start + batch_size], imgsz)
+        yield collate(samples[start : start + batch_size], imgsz, rect=letterbox == "rect", stride=stride)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import yaml
@@ -24,11 +25,17 @@ DATA_YAML = "data.yaml"
 
 
 def split_dataset(
-    dataset: DetectionSet, val_fraction: float = 0.2, seed: int = 0, *, val_count: int | None = None
+    dataset: DetectionSet,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    *,
+    val_count: int | None = None,
+    allow_empty_train: bool = False,
 ) -> tuple[DetectionSet, DetectionSet]:
     """(train, val), chosen by a seeded permutation; each keeps the dataset's order.
 
     ``val_count`` (e.g. 15 of kitti_tiny's 75 frames) overrides ``val_fraction``.
+    ``allow_empty_train`` lets ``val_count`` take every image (an evaluation-only set).
     """
     n = len(dataset)
     if val_count is None:
@@ -36,13 +43,39 @@ def split_dataset(
             raise BadInputError(f"val fraction must be between 0 and 1 (exclusive), got {val_fraction}")
         val_count = int(round(n * val_fraction))
         val_count = min(max(val_count, 1), n - 1)
-    if not 0 < val_count < n:
-        raise BadInputError(f"cannot put {val_count} of {n} images in val: both splits need at least one image")
+    top = n if allow_empty_train else n - 1
+    if not 0 < val_count <= top:
+        if val_count > n:
+            need = f"the dataset has only {n}"
+        else:
+            need = "val needs at least one image" if allow_empty_train else "both splits need at least one image"
+        raise BadInputError(f"cannot put {val_count} of {n} images in val: {need}")
     order = np.random.default_rng(seed).permutation(n)
     val_idx = set(order[:val_count].tolist())
     train = dataset.subset([i for i in range(n) if i not in val_idx])
     val = dataset.subset(sorted(val_idx))
     return train, val
+
+
+def split_by_ids(
+    dataset: DetectionSet, ids: Sequence[str], *, source: str = "--val-list", allow_empty_train: bool = False
+) -> tuple[DetectionSet, DetectionSet]:
+    """(train, val) with val the images whose id (file stem, a KITTI frame id) is in ``ids``.
+
+    An id the dataset lacks is an error naming it, so a typo never shrinks the evaluation.
+    """
+    index = {sample.image_id: i for i, sample in enumerate(dataset)}
+    unknown = [i for i in ids if i not in index]
+    if unknown:
+        more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+        raise BadInputError(f"{source}: frame id {unknown[0]!r}{more} is not in dataset '{dataset.name}' ({len(dataset)} images)")
+    chosen = set(index[i] for i in ids)
+    if not chosen:
+        raise BadInputError(f"{source}: lists no frame id")
+    if len(chosen) == len(dataset) and not allow_empty_train:
+        raise BadInputError(f"{source}: lists all {len(dataset)} images, leaving none to train on")
+    train = dataset.subset([i for i in range(len(dataset)) if i not in chosen])
+    return train, dataset.subset(sorted(chosen))
 
 
 def yolo_data_yaml(root: Path, class_names: list[str]) -> str:
@@ -63,7 +96,9 @@ def write_yolo_dataset(
 
     Images are symlinked (copied where links are impossible, or with ``link=False``). Ignore
     boxes are not written: the YOLO format has no ignore regions. An existing ``out_dir`` is
-    replaced as a whole, only once the new one is complete.
+    replaced as a whole, only once the new one is complete. An empty ``train`` gives an
+    evaluation-only set: ``images/train`` is an empty folder, which ultralytics' validator
+    accepts (it reads only ``val``; the yaml still needs a ``train`` entry).
     """
     if list(train.class_names) != list(val.class_names):
         raise BadInputError(f"train and val class names differ: {train.class_names} vs {val.class_names}")

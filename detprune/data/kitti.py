@@ -116,10 +116,12 @@ def read_kitti(
     return DetectionSet(list(cmap.class_names), samples, name=Path(root).resolve().name, skipped=skipped)
 
 
-def _parsed_lines(path: Path, problems: v.BadInputs):
+def _parsed_lines(path: Path, problems: v.BadInputs, text: str | None = None):
     """(place, class name, numbers) for each non-blank line of a label or result file that parses;
-    lines that do not are reported to ``problems``."""
-    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
+    lines that do not, and a file that is not text, are reported to ``problems``."""
+    if text is None:
+        text = v.read_label_text(path, problems) or ""
+    for line_no, line in enumerate(text.splitlines(), start=1):
         if line.strip():
             place = v.where(path, line_no)
             parsed = _parse_line(line, place, problems)
@@ -135,8 +137,11 @@ def _read_frame(label_path: Path, image_path: Path | None, cmap, problems: v.Bad
     if size is None:
         return None
     width, height = size
+    text = v.read_label_text(label_path, problems)
+    if text is None:  # not a text file: the frame is left out, never read as one without objects
+        return None
     boxes, labels, ignore, truncation, occlusion = [], [], [], [], []
-    for place, raw, numbers in _parsed_lines(label_path, problems):
+    for place, raw, numbers in _parsed_lines(label_path, problems, text):
         try:
             rule = cmap.lookup(raw)
         except KeyError:
@@ -152,7 +157,7 @@ def _read_frame(label_path: Path, image_path: Path | None, cmap, problems: v.Bad
         ignore.append(rule.ignore)
         truncation.append(min(max(numbers[0], 0.0), 1.0))  # DontCare writes -1
         occlusion.append(int(numbers[1]) if 0 <= numbers[1] <= 3 else 3)  # -1 -> unknown
-    return Sample(image_path, width, height, np.array(boxes, np.float32).reshape(-1, 4), labels, ignore, truncation, occlusion)
+    return Sample(image_path, width, height, np.array(boxes, np.float64).reshape(-1, 4), labels, ignore, truncation, occlusion)
 
 
 def read_frame_ids(path: str | Path) -> list[str]:
@@ -205,5 +210,5 @@ def read_kitti_results(result_dir: str | Path, class_names: Sequence[str]) -> di
             boxes.append(numbers[3:7])
             scores.append(numbers[14])
             labels.append(index[raw])
-        out[path.stem] = Detections(np.array(boxes, np.float32), scores, labels)
+        out[path.stem] = Detections(np.array(boxes, np.float64), scores, labels)
     return out

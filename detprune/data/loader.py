@@ -22,10 +22,13 @@ from typing import Sequence
 
 from detprune.data.classmaps import COCO_TRAFFIC
 from detprune.data.coco import read_coco
-from detprune.data.convert import split_dataset
+from detprune.data.convert import split_by_ids, split_dataset
 from detprune.data.kitti import find_kitti_dirs, read_frame_ids, read_kitti
 from detprune.data.types import DetectionSet
-from detprune.data.yolo_format import is_yolo_dir, load_yaml, read_yolo_dir, read_yolo_yaml, resolve_root, yolo_splits
+from detprune.defaults import EVAL_SPLITS
+from detprune.data.yolo_format import (
+    is_yolo_dir, load_yaml, read_yolo_dir, read_yolo_yaml, remap_classes, resolve_root, yolo_splits,
+)
 from detprune.errors import BadInputError
 
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -41,8 +44,10 @@ def load_dataset(
 ) -> DetectionSet:
     """Read whatever ``spec`` names as a :class:`DetectionSet` (see the module docstring).
 
-    ``class_map`` applies to KITTI (a name, dict or ClassMap; default ``kitti3``) and COCO (a
-    list of category names, ``"coco-traffic"`` (default) or ``"coco-all"``).
+    ``class_map`` applies to KITTI (a name, dict or ClassMap; default ``kitti3``), COCO (a
+    list of category names, a mapping category -> class name, ``"coco-traffic"`` (default) or
+    ``"coco-all"``) and YOLO sets (a list of their class names to keep, or a mapping name ->
+    new name / None; see :func:`~detprune.data.yolo_format.remap_classes`).
     """
     path = Path(spec)
     if not path.exists():
@@ -54,8 +59,7 @@ def load_dataset(
         if (path / "data.yaml").is_file():
             return _from_yaml(path / "data.yaml", class_map, skip_bad, split)
         if is_yolo_dir(path):
-            _no_class_map(class_map, path)
-            return read_yolo_dir(path, split=split, skip_bad=skip_bad)
+            return remap_classes(read_yolo_dir(path, split=split, skip_bad=skip_bad), class_map)
         coco_jsons = sorted((path / "annotations").glob("instances_*.json"))
         if coco_jsons:
             splits = [p.stem.removeprefix("instances_") for p in coco_jsons]
@@ -83,13 +87,22 @@ def load_train_val(
     val_fraction: float | None = None,
     val_count: int | None = None,
     seed: int | None = None,
+    val_list: str | Path | None = None,
+    allow_empty_train: bool = False,
 ) -> tuple[DetectionSet, DetectionSet]:
     """(train, val): the source's own splits where it has them, else a seeded random split.
 
     ``val_fraction`` / ``val_count`` / ``seed`` override what a detprune dataset yaml says;
-    without either, 20% go to val with seed 0.
+    without either, 20% go to val with seed 0. ``val_list`` (a file of frame ids, see
+    :func:`read_id_list`) puts exactly those images in val and the rest of the whole set in
+    train, e.g. KITTI's standard 3712/3769 split. ``allow_empty_train``: val may take every image.
     """
     path = Path(spec)
+    if val_list is not None:
+        if val_fraction is not None or val_count is not None:
+            raise BadInputError("give either --val-list or --val-fraction / --val-count, not both")
+        whole = load_whole(path, class_map=class_map, skip_bad=skip_bad)
+        return split_by_ids(whole, read_id_list(val_list), source=str(val_list), allow_empty_train=allow_empty_train)
     defaults = _yaml_split_defaults(path)
     explicit_split = val_fraction is not None or val_count is not None
     if not explicit_split and has_splits(path):
@@ -104,7 +117,69 @@ def load_train_val(
         0.2 if val_fraction is None else float(val_fraction),
         int(defaults.get("seed", 0) if seed is None else seed),
         val_count=None if val_count is None else int(val_count),
+        allow_empty_train=allow_empty_train,
     )
+
+
+def load_whole(spec: str | Path, *, class_map=None, skip_bad: bool = False) -> DetectionSet:
+    """Every image of ``spec``: one read, or its train and val splits together where they are apart."""
+    path = Path(spec)
+    if not has_splits(path):
+        return load_dataset(path, class_map=class_map, skip_bad=skip_bad)
+    if path.is_dir() and find_kitti_dirs(path):  # ImageSets/ lists frames of one folder
+        return load_dataset(path, class_map=class_map, skip_bad=skip_bad)
+    train = load_dataset(path, class_map=class_map, skip_bad=skip_bad, split="train")
+    val = load_dataset(path, class_map=class_map, skip_bad=skip_bad, split="val")
+    if list(train.class_names) != list(val.class_names):
+        raise BadInputError(f"{path}: train and val class names differ: {train.class_names} vs {val.class_names}")
+    skipped = {k: train.skipped.get(k, 0) + val.skipped.get(k, 0) for k in {**train.skipped, **val.skipped}}
+    return DetectionSet(list(train.class_names), train.samples + val.samples, name=train.name, skipped=skipped)
+
+
+def load_eval_split(
+    spec: str | Path,
+    split: str = "val",
+    *,
+    val_list: str | Path | None = None,
+    class_map=None,
+    skip_bad: bool = False,
+    val_fraction: float | None = None,
+    val_count: int | None = None,
+    seed: int | None = None,
+) -> DetectionSet:
+    """The images an evaluation runs on: ``val`` (default: the split ``prune`` holds out, or the
+    frames of ``val_list``), ``train`` (the rest) or ``all``."""
+    if split not in EVAL_SPLITS:
+        raise BadInputError(f"split {split!r}: choose one of {', '.join(EVAL_SPLITS)}")
+    if split == "all":
+        if val_list is not None or val_fraction is not None or val_count is not None:
+            raise BadInputError("split 'all' evaluates every image; drop --val-list / --val-fraction / --val-count")
+        return load_whole(spec, class_map=class_map, skip_bad=skip_bad)
+    own_val = split == "val" and val_list is None and val_fraction is None and val_count is None
+    if own_val and has_splits(spec):  # read val alone: an evaluation-only set has an empty train folder
+        return load_dataset(spec, class_map=class_map, skip_bad=skip_bad, split="val")
+    train, val = load_train_val(spec, class_map=class_map, skip_bad=skip_bad, val_fraction=val_fraction,
+                                val_count=val_count, seed=seed, val_list=val_list, allow_empty_train=True)
+    chosen = val if split == "val" else train
+    if len(chosen) == 0:
+        raise BadInputError(f"{spec}: the {split} split has no images")
+    return chosen
+
+
+def read_id_list(path: str | Path) -> list[str]:
+    """Frame ids, one a line (``000123`` or an image's file stem); blank lines and ``#`` comments ignored."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError(f"{path}: frame id list not found")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise BadInputError(f"{path}: not a text file of frame ids") from None
+    ids = [line.split("#", 1)[0].strip() for line in text.splitlines()]
+    ids = list(dict.fromkeys(i for i in ids if i))
+    if not ids:
+        raise BadInputError(f"{path}: lists no frame id")
+    return ids
 
 
 def has_splits(spec: str | Path) -> bool:
@@ -136,12 +211,7 @@ def _kitti_split_file(root: Path, split: str) -> Path:
     return candidate
 
 
-def _no_class_map(class_map, path: Path) -> None:
-    if class_map is not None:
-        raise BadInputError(f"{path}: class maps apply to KITTI and COCO sources; a YOLO set keeps its names")
-
-
-def _coco_categories(class_map) -> Sequence[str] | None:
+def _coco_categories(class_map) -> Sequence[str] | dict | None:
     if class_map is None:
         return COCO_TRAFFIC
     if isinstance(class_map, str):
@@ -150,7 +220,9 @@ def _coco_categories(class_map) -> Sequence[str] | None:
         return COCO_CATEGORY_SETS[class_map]
     if isinstance(class_map, (list, tuple)):
         return [str(c) for c in class_map]
-    raise BadInputError("a COCO source takes a list of category names as its class map")
+    if isinstance(class_map, dict):  # category name -> class name (several may merge), None drops
+        return {str(k): (None if v is None else str(v)) for k, v in class_map.items()}
+    raise BadInputError("a COCO source takes a list of category names, or a mapping category -> class name, as its class map")
 
 
 def coco_images_dir(json_path: Path) -> Path:
@@ -177,11 +249,10 @@ def _yaml_split_defaults(path: Path) -> dict:
 def _from_yaml(path: Path, class_map, skip_bad: bool, split: str | None) -> DetectionSet:
     data = load_yaml(path)
     if "format" not in data:  # an ultralytics data yaml
-        _no_class_map(class_map, path)
         if split is None:
             available = [k for k in ("train", "val", "test") if data.get(k)]
             raise BadInputError(f"{path}: has splits {', '.join(available)}; choose one with split= / --split")
-        return read_yolo_yaml(path, split, skip_bad=skip_bad)
+        return remap_classes(read_yolo_yaml(path, split, skip_bad=skip_bad), class_map)
     return _from_dataset_yaml(path, data, class_map, skip_bad, split)
 
 
@@ -196,8 +267,7 @@ def _from_dataset_yaml(path: Path, data: dict, class_map, skip_bad: bool, split:
     entry = splits.get(split) if split else None
     class_map = class_map if class_map is not None else data.get("class_map")
     if fmt == "yolo":
-        _no_class_map(class_map, path)
-        return read_yolo_dir(root, split=split, skip_bad=skip_bad)
+        return remap_classes(read_yolo_dir(root, split=split, skip_bad=skip_bad), class_map)
     if fmt == "coco":
         if not isinstance(entry, dict) or "annotations" not in entry:
             raise BadInputError(f"{path}: choose a split with split= / --split (has: {', '.join(splits) or 'none'})")

@@ -16,7 +16,8 @@ def _empty(shape: tuple[int, ...], dtype) -> np.ndarray:
 class Sample:
     """One image and its boxes.
 
-    ``boxes`` are xyxy in pixels of the original image (float32). ``labels`` index the
+    ``boxes`` are xyxy in pixels of the original image (float64, so that a box read from a
+    text file keeps the file's numbers: KITTI's height limits are compared exactly). ``labels`` index the
     dataset's ``class_names``; ``-1`` marks a region that belongs to no class (KITTI
     ``DontCare``, COCO crowd of an unknown class). ``ignore`` marks boxes that are neither
     to be found nor counted as false positives (DontCare, crowd, neighbouring classes such
@@ -27,20 +28,20 @@ class Sample:
     image_path: Path
     width: int
     height: int
-    boxes: np.ndarray = field(default_factory=lambda: _empty((0, 4), np.float32))
+    boxes: np.ndarray = field(default_factory=lambda: _empty((0, 4), np.float64))
     labels: np.ndarray = field(default_factory=lambda: _empty((0,), np.int64))
     ignore: np.ndarray = field(default_factory=lambda: _empty((0,), bool))
-    truncation: np.ndarray = field(default_factory=lambda: _empty((0,), np.float32))
+    truncation: np.ndarray = field(default_factory=lambda: _empty((0,), np.float64))
     occlusion: np.ndarray = field(default_factory=lambda: _empty((0,), np.int64))
 
     def __post_init__(self) -> None:
         self.image_path = Path(self.image_path)
-        self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
+        self.boxes = np.asarray(self.boxes, dtype=np.float64).reshape(-1, 4)
         n = len(self.boxes)
         self.labels = np.asarray(self.labels, dtype=np.int64).reshape(n)
         self.ignore = np.asarray(self.ignore if len(self.ignore) else np.zeros(n, bool), dtype=bool).reshape(n)
         self.truncation = np.asarray(
-            self.truncation if len(self.truncation) else np.zeros(n), dtype=np.float32
+            self.truncation if len(self.truncation) else np.zeros(n), dtype=np.float64
         ).reshape(n)
         self.occlusion = np.asarray(
             self.occlusion if len(self.occlusion) else np.zeros(n), dtype=np.int64
@@ -90,11 +91,11 @@ class DetectionSet:
 class Detections:
     """A detector's output for one image: xyxy boxes in original-image pixels."""
 
-    boxes: np.ndarray  # (N, 4) float32
+    boxes: np.ndarray  # (N, 4) float64 (a float32 model output converts exactly)
     scores: np.ndarray  # (N,) float32
     labels: np.ndarray  # (N,) int64, indexes the dataset's class_names
 
     def __post_init__(self) -> None:
-        self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
+        self.boxes = np.asarray(self.boxes, dtype=np.float64).reshape(-1, 4)
         self.scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
         self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)

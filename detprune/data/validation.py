@@ -25,6 +25,7 @@ LABEL_WITHOUT_IMAGE = "label without image"
 IMAGE_WITHOUT_LABEL = "image without label"
 UNKNOWN_CLASS = "unknown class"
 UNREADABLE_IMAGE = "unreadable image"
+UNREADABLE_LABEL = "unreadable label file"
 
 # KITTI clips boxes to [0, W-1] x [0, H-1] and writes two decimals; a pixel of slack keeps
 # valid annotations of slightly smaller frames (KITTI has 1224x370 ones) from being rejected.
@@ -119,6 +120,22 @@ def image_size(path: Path) -> tuple[int, int] | None:
         # with an optional HEIF plugin, which may be absent; the file is unreadable either way.
         return None
     return (int(width), int(height)) if width > 0 and height > 0 else None
+
+
+def read_label_text(path: Path, problems: "BadInputs") -> str | None:
+    """A label file's text; a binary or undecodable file is reported to ``problems`` (None then)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        problems.report(UNREADABLE_LABEL, f"{path}: not a text label file (binary or not UTF-8)")
+        return None
+    except OSError as err:
+        problems.report(UNREADABLE_LABEL, f"{path}: cannot read label file ({err.strerror or type(err).__name__})")
+        return None
+    if "\x00" in text:  # NUL bytes decode as UTF-8 but no label file holds them
+        problems.report(UNREADABLE_LABEL, f"{path}: not a text label file (holds NUL bytes)")
+        return None
+    return text
 
 
 def readable_size(path: Path, problems: "BadInputs") -> tuple[int, int] | None:

@@ -71,10 +71,24 @@ def read_yolo_dir(
     images = _list_images(image_dir)
     label_dir = root / "labels" / split if split else root / "labels"
     problems = v.BadInputs(root, skip_bad)
-    expected_labels = {label_path_for(p) for p in images}
+    report_orphan_labels(image_dir, images, problems)
+    return read_yolo_images(images, class_names, problems, name=root.resolve().name)
+
+
+def report_orphan_labels(image_dir: Path, images: Sequence[Path], problems: v.BadInputs) -> None:
+    """A label file under the ``labels/`` twin of ``image_dir`` whose image is not among ``images``.
+
+    One rule for a YOLO folder and for each image folder a data yaml names.
+    """
+    try:
+        label_dir = label_path_for(Path(os.path.abspath(image_dir)) / "x").parent
+        expected_labels = {label_path_for(Path(os.path.abspath(p))) for p in images}
+    except BadInputError:  # not under an images/ folder: no labels/ twin to look in
+        return
+    if not label_dir.is_dir():
+        return
     for orphan in sorted(set(label_dir.rglob("*.txt")) - expected_labels):
         problems.report(v.LABEL_WITHOUT_IMAGE, f"{orphan}: no image for this label file in {image_dir}")
-    return read_yolo_images(images, class_names, problems, name=root.resolve().name)
 
 
 def _names_beside(root: Path) -> list[str] | None:
@@ -120,15 +134,17 @@ def read_yolo_yaml(path: str | Path, split: str = "val", *, skip_bad: bool = Fal
         available = [k for k in ("train", "val", "test") if data.get(k)]
         raise BadInputError(f"{path}: no split '{split}' (has: {', '.join(available) or 'none'})")
     images: list[Path] = []
+    problems = v.BadInputs(path, skip_bad)
     for item in entry if isinstance(entry, list) else [entry]:
         location = Path(item) if Path(item).is_absolute() else root / item
         if location.is_dir():
-            images += _list_images(location)
+            found = _list_images(location)
+            report_orphan_labels(location, found, problems)
+            images += found
         elif location.is_file() and location.suffix == ".txt":
             images += _read_image_list(location)
         else:
             raise BadInputError(f"{path}: split '{split}' entry {item!r} is neither an image folder nor a .txt list ({location})")
-    problems = v.BadInputs(path, skip_bad)
     return read_yolo_images(images, names, problems, name=path.stem)
 
 
@@ -199,7 +215,10 @@ def _read_one(image_path: Path, num_classes: int | None, problems: v.BadInputs) 
     width, height = size
     label_path = label_path_for(image_path)
     boxes, labels = [], []
-    lines = label_path.read_text().splitlines() if label_path.is_file() else []
+    text = v.read_label_text(label_path, problems) if label_path.is_file() else ""
+    if text is None:
+        return None
+    lines = text.splitlines()
     for line_no, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -223,6 +242,47 @@ def _read_one(image_path: Path, num_classes: int | None, problems: v.BadInputs) 
             boxes.append(box)
             labels.append(int(cls))
     return Sample(image_path, width, height, np.array(boxes, np.float32).reshape(-1, 4), labels)
+
+
+def remap_classes(dataset: DetectionSet, class_map) -> DetectionSet:
+    """A YOLO set's classes chosen, renamed or merged by name; its own names stay without a map.
+
+    ``class_map``: a list of the set's class names (kept in that order, the others dropped),
+    or a mapping name -> new name (several may merge into one) or None (dropped); names the
+    mapping does not list are dropped. Names match case-insensitively. A named map such as
+    ``kitti3`` describes KITTI's raw types and does not apply.
+    """
+    if class_map is None:
+        return dataset
+    if isinstance(class_map, str):
+        raise BadInputError(f"class map {class_map!r} names KITTI or COCO classes; a YOLO set takes a list of its "
+                            f"class names ({', '.join(dataset.class_names)}) or a mapping name -> new name")
+    if isinstance(class_map, (list, tuple)):
+        class_map = {str(name): str(name) for name in class_map}
+    if not isinstance(class_map, dict):
+        raise BadInputError(f"a YOLO set takes a list or a mapping as its class map, got {type(class_map).__name__}")
+    own = {name.lower(): i for i, name in enumerate(dataset.class_names)}
+    unknown = [str(k) for k in class_map if str(k).lower() not in own]
+    if unknown:
+        raise BadInputError(f"class map names {', '.join(unknown)}, not classes of '{dataset.name}' "
+                            f"({', '.join(dataset.class_names)})")
+    names: list[str] = []
+    new_label = np.full(len(dataset.class_names), -2, np.int64)  # -2: dropped
+    for old, new in class_map.items():
+        if new is None:
+            continue
+        if str(new) not in names:
+            names.append(str(new))
+        new_label[own[str(old).lower()]] = names.index(str(new))
+    if not names:
+        raise BadInputError("class map keeps no class")
+    samples = []
+    for s in dataset.samples:
+        labels = np.where(s.labels >= 0, new_label[s.labels.clip(0)], s.labels)  # -1 regions stay
+        keep = labels != -2
+        samples.append(Sample(s.image_path, s.width, s.height, s.boxes[keep], labels[keep], s.ignore[keep],
+                              s.truncation[keep], s.occlusion[keep]))
+    return DetectionSet(names, samples, name=dataset.name, skipped=dataset.skipped)
 
 
 def format_yolo_labels(sample: Sample) -> str:

@@ -107,8 +107,12 @@ def plot_metric_vs_cost(
         ax.plot([p[0] for p in xy], [p[1] for p in xy], marker="o", label=group)
     ax.margins(0.12)  # room for the labels of the outermost points
     ax.set_xlabel(cost_label)
-    ax.set_ylabel(metric)
-    ax.set_title(title or f"{metric} vs {cost_label}")
+    label = metric
+    if metric.startswith("kitti."):  # KITTI numbers always name their protocol
+        protocols = sorted({summaries[name].metric("kitti.protocol") or "exact" for name in points})
+        label = f"{metric} ({', '.join(protocols)})"
+    ax.set_ylabel(label)
+    ax.set_title(title or f"{label} vs {cost_label}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)

@@ -213,7 +213,7 @@ class Report:
             rows.append(self._row(label, lambda s, k=key: s.metric(k), _fmt_metric, _delta_abs))
         kitti_levels = [lvl for lvl in KITTI_LEVELS if any(s.metric(f"kitti.mean.{lvl}") is not None for s in self.variants.values())]
         for level in kitti_levels:
-            rows.append(self._row(f"KITTI AP_R40 {level}", lambda s, lv=level: s.metric(f"kitti.mean.{lv}"), _fmt_metric, _delta_abs))
+            rows.append(self._row(f"{self.kitti_label()} {level}", lambda s, lv=level: s.metric(f"kitti.mean.{lv}"), _fmt_metric, _delta_abs))
         rows.append(self._row("Parameters", lambda s: s.params, lambda v: _fmt_scaled(v, 1e6, "M"), _delta_rel))
         rows.append(self._row("FLOPs", lambda s: s.flops, lambda v: _fmt_scaled(v, 1e9, "G"), _delta_rel))
         if any(s.latency for s in self.variants.values()):
@@ -230,6 +230,12 @@ class Report:
     def per_class_rows(self) -> list[list[str]]:
         names = _union(s.metric("per_class_AP") or {} for s in self.variants.values())
         return [self._row(c, lambda s, c=c: (s.metric("per_class_AP") or {}).get(c), _fmt_metric, _delta_abs) for c in names]
+
+    def kitti_label(self) -> str:
+        """The KITTI numbers' name with their protocol, e.g. ``KITTI AP_R40 (devkit)``; metrics
+        without a ``protocol`` come from before the devkit protocol existed, so are ``exact``."""
+        protocols = sorted({s.metric("kitti.protocol") or "exact" for s in self.variants.values() if s.metric("kitti")})
+        return f"KITTI AP_R40 ({', '.join(protocols) or 'devkit'})"
 
     def kitti_rows(self) -> list[list[str]]:
         classes = _union(s.metric("kitti.per_class") or {} for s in self.variants.values())
@@ -274,7 +280,7 @@ class Report:
         if per_class:
             lines += ["## AP per class (COCO AP50-95)", "", *_markdown(["Class", *self._columns()], per_class), ""]
         if any(s.metric("kitti") for s in self.variants.values()):
-            lines += ["## KITTI AP_R40", "", *_markdown(["Class", "Difficulty", *self._columns()], self.kitti_rows(), 2), ""]
+            lines += [f"## {self.kitti_label()}", "", *_markdown(["Class", "Difficulty", *self._columns()], self.kitti_rows(), 2), ""]
         if any(s.channels for s in self.variants.values()):
             totals, layers = self.channel_rows()
             lines += ["## Channels kept", "", *_markdown(["", *self.variants], totals), ""]
@@ -288,6 +294,17 @@ class Report:
         if not self.variants:
             return "no models evaluated"
         return "\n".join(_plain_table(["Metric", *self._columns()], self.summary_rows()))
+
+    def to_detail_tables(self) -> str:
+        """AP per class and KITTI AP per class and difficulty as aligned plain text ('' where neither)."""
+        parts = []
+        per_class = self.per_class_rows()
+        if per_class:
+            parts.append("\n".join(_plain_table(["Class (AP50-95)", *self._columns()], per_class)))
+        if any(s.metric("kitti") for s in self.variants.values()):
+            rows = [[f"{r[0]} {r[1]}", *r[2:]] for r in self.kitti_rows()]
+            parts.append("\n".join(_plain_table([self.kitti_label(), *self._columns()], rows)))
+        return "\n\n".join(parts)
 
     def __repr__(self) -> str:
         return f"Report(variants={list(self.variants)}, baseline={self.baseline!r})"

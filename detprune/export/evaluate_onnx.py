@@ -78,12 +78,18 @@ def evaluate_onnx(
     return evaluate_detections(dataset, predictions)
 
 
-def yolo_postprocess(nc: int, *, end2end: bool = False, conf: float = 0.001, iou: float = 0.6, max_det: int = 300) -> PostProcess:
+def yolo_postprocess(nc: int, *, end2end: bool = False, conf: float | None = None, iou: float | None = None,
+                     max_det: int | None = None) -> PostProcess:
     """The YOLO adapter's post-processing for a graph of ``adapter.export_module(model)``.
 
-    The defaults are :meth:`DetectorAdapter.predict`'s, so scores match ``adapter.evaluate``.
+    The defaults are :meth:`YoloAdapter.predict`'s, so scores match ``adapter.evaluate``.
     """
     from detprune.adapters.yolo_objective import postprocess
+    from detprune.defaults import EVAL_CONF, EVAL_MAX_DET, YOLO_NMS_IOU
+
+    conf = EVAL_CONF if conf is None else conf
+    iou = YOLO_NMS_IOU if iou is None else iou
+    max_det = EVAL_MAX_DET if max_det is None else max_det
 
     def run(raw: np.ndarray, batch: Batch) -> list[Detections]:
         return postprocess(torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32)), batch, nc=nc,

@@ -8,11 +8,15 @@
    which is where most parameters are. ``max`` and ``mean`` make a typical channel score
    about 1 whatever the width, spreading the cut more evenly across layers.
 2. Within a group, channels go in order of increasing score (ties: lower index first).
-3. How many go: a *global* allocation removes the lowest-scored channels network-wide (one
+3. How many go (``allocation``): a *global* allocation removes the lowest-scored channels network-wide (one
    threshold on the global ranking); a *per-layer* one removes the same fraction from every
    group, up to rounding (a group's rounding offset grows with its mean score, so equal-sized
-   groups reach a rounding step one after another and the total moves in fine steps). One scalar ``amount`` in [0, 1] drives both, so the target search
-   (:mod:`detprune.pruning.targets`) is a one-dimensional bisection.
+   groups reach a rounding step one after another and the total moves in fine steps) and is
+   called *uniform*; a *cost* allocation removes the blocks that lose the least importance per
+   unit of FLOPs or parameters saved (:mod:`detprune.pruning.knapsack`). One scalar ``amount``
+   in [0, 1] drives each, so the target search (:mod:`detprune.pruning.targets`) is a
+   one-dimensional bisection. The widths may come from one criterion's scores and the
+   channels kept within each group from another's (:func:`select_channels`).
 4. Limits per group: remove at most ``max_ratio`` of its channels, keep at least
    ``min_channels``, and keep a multiple of ``round_to`` (tensor cores and TensorRT kernels
    run fastest on widths divisible by 8, 16 or 32); a group's original width is always allowed.
@@ -39,6 +43,9 @@ from detprune.errors import BadInputError, DetpruneError
 from detprune.pruning.groups import CoupledGroups
 
 NORMALISATIONS = ("l2", "l1", "max", "mean", "none")
+# global: one threshold on the network-wide ranking; uniform: the same fraction from every group;
+# cost: a greedy knapsack on importance per unit of FLOPs or parameters (detprune.pruning.knapsack)
+ALLOCATIONS = ("global", "uniform", "cost")
 DEFAULT_MAX_RATIO = 0.8
 DEFAULT_MIN_CHANNELS = 8
 DEFAULT_ROUND_TO = 8
@@ -200,6 +207,34 @@ class Allocator:
 
     def removed_fraction(self, removal: Mapping[int, int]) -> float:
         return sum(removal.values()) / self.prunable_channels if self.prunable_channels else 0.0
+
+
+def resolve_allocation(allocation: str | None, global_ranking: bool | None = None) -> str:
+    """The allocation by name; ``global_ranking`` (the older switch) maps True to global, False to uniform."""
+    legacy = None if global_ranking is None else ("global" if global_ranking else "uniform")
+    if allocation is None:
+        return legacy or "global"
+    if allocation not in ALLOCATIONS:
+        raise DetpruneError(f"unknown allocation {allocation!r}; choose from {', '.join(ALLOCATIONS)}")
+    if legacy is not None and legacy != allocation:
+        raise DetpruneError(f"allocation={allocation!r} contradicts global_ranking={global_ranking}; give allocation alone")
+    return allocation
+
+
+def select_channels(orders: Mapping[int, np.ndarray], removal: Mapping[int, int]) -> dict[int, np.ndarray]:
+    """Which channels go: the first ``removal[g]`` of each group's order (its least important).
+
+    The widths (``removal``) may come from another criterion's allocation than the ``orders``.
+    """
+    plan = {}
+    for g, n in removal.items():
+        order = orders.get(g, np.zeros(0, dtype=np.int64))
+        if n > len(order):
+            raise BadInputError(
+                f"group {g} is to lose {n} channels but the selecting scores rank only {len(order)} of its channels"
+            )
+        plan[g] = order[:n]
+    return plan
 
 
 def plan_from_kept(

@@ -150,6 +150,7 @@ class CostModel:
                 self._param_nodes.append((node, shape, own))
         self._param_base = sum(self._node_params(*entry, 0, 0) for entry in self._param_nodes)
         self._macs_base = sum(c for c in self._call_base if c >= 0)
+        self._local_cache: dict[int, tuple[list[int], list[int]]] = {}
 
     @staticmethod
     def _shape_of(node) -> tuple[int, int]:
@@ -198,6 +199,38 @@ class CostModel:
                 continue
             macs_sum += self._call_cost(call, base, shape, n)
         return Cost(params=int(params), macs=int(round(self.base.macs + macs_sum / self.batch_size)))
+
+    # --- the change one group makes, priced on the nodes it touches only (for greedy allocations) ---
+
+    def _local(self, group: int) -> tuple[list[int], list[int]]:
+        """Indices of the calls and parameter nodes whose price depends on ``group``'s count."""
+        cache = self._local_cache
+        if group not in cache:
+            nodes = {key[0] for key, entries in self._removals.items() if any(g == group for g, _ in entries)}
+            calls = [i for i, c in enumerate(self._calls) if id(c.node) in nodes and self._call_base[i] >= 0]
+            params = [i for i, (node, _, _) in enumerate(self._param_nodes) if id(node) in nodes]
+            cache[group] = (calls, params)
+        return cache[group]
+
+    def neighbours(self, group: int) -> set[int]:
+        """Groups whose :meth:`change` may move when ``group``'s count does (they share a node); itself included."""
+        nodes = {key for key, entries in self._removals.items() if any(g == group for g, _ in entries)}
+        return {group} | {g for key in nodes for g, _ in self._removals[key]}
+
+    def change(self, n: dict[int, int], group: int, count: int) -> tuple[int, float]:
+        """(params, MACs) after minus before, when ``group`` goes from ``n[group]`` to ``count`` removed."""
+        calls, params = self._local(group)
+        moved = {**n, group: count}
+        d_params = 0
+        for i in params:
+            node, shape, own = self._param_nodes[i]
+            d_params += self._node_params(node, shape, own, self._removed(node, "in", moved), self._removed(node, "out", moved))
+            d_params -= self._node_params(node, shape, own, self._removed(node, "in", n), self._removed(node, "out", n))
+        d_macs = 0
+        for i in calls:
+            call, base, shape = self._calls[i], self._call_base[i], self._call_shape[i]
+            d_macs += self._call_cost(call, base, shape, moved) - self._call_cost(call, base, shape, n)
+        return d_params, d_macs / self.batch_size
 
     def _call_cost(self, call, base: int, shape: tuple[int, int], n: dict[int, int]) -> int:
         m, node = call.module, call.node

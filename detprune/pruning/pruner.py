@@ -6,8 +6,11 @@ The flow of :func:`prune_model`:
 2. enumerate the coupled channel groups (Torch-Pruning's dependency graph, with the
    adapter's protected layers locked): :mod:`detprune.pruning.groups`;
 3. reduce per-layer scores to per-group scores and pick, per group, how many channels go
-   and which: :mod:`detprune.pruning.allocation`, meeting a target by bisection on an
-   analytic cost model: :mod:`detprune.pruning.targets`, :mod:`detprune.pruning.flops`;
+   (``allocation``: global, uniform or cost, :mod:`detprune.pruning.allocation`,
+   :mod:`detprune.pruning.knapsack`) and which (the lowest-scored of the group), meeting a
+   target by bisection on an analytic cost model: :mod:`detprune.pruning.targets`,
+   :mod:`detprune.pruning.flops`. The widths may be allocated on another criterion's scores
+   (``width_scores``) than the ones choosing the channels;
 4. cut: each group through ``DependencyGraph.get_pruning_group(...).prune()``, so every
    coupled conv, norm, concat and residual branch shrinks together;
 5. measure again and record what was removed, in original channel numbering, so the same
@@ -40,9 +43,12 @@ from detprune.pruning.allocation import (
     group_scores,
     plan_from_kept,
     removal_orders,
+    resolve_allocation,
+    select_channels,
 )
 from detprune.pruning.flops import Cost, CostModel, measure
 from detprune.pruning.groups import ROOT_TYPES, CoupledGroups, enumerate_groups
+from detprune.pruning.knapsack import COSTS, AnalyticCost, KnapsackAllocator
 from detprune.pruning.targets import DEFAULT_TOLERANCE, Target, make_target, search
 
 
@@ -119,7 +125,10 @@ def prune_model(
     target_flops: float | None = None,
     target_params: float | None = None,
     ratio: float | None = None,
-    global_ranking: bool = True,
+    allocation: str | None = None,
+    cost: str | None = None,
+    width_scores: Mapping[str, torch.Tensor] | None = None,
+    global_ranking: bool | None = None,
     round_to: int = DEFAULT_ROUND_TO,
     min_channels: int = DEFAULT_MIN_CHANNELS,
     max_ratio: float = DEFAULT_MAX_RATIO,
@@ -134,8 +143,16 @@ def prune_model(
     replaces the target (give none). Exactly one of ``target_flops`` / ``target_params``
     (fractions KEPT) or ``ratio`` (fraction of channels REMOVED; 0 = no change) goes with
     ``scores``. ``model`` must be prepared (``adapter.prepare_for_pruning``).
+
+    ``allocation``: how many channels each group keeps: ``global`` (default; one threshold on
+    the normalised ranking), ``uniform`` (the same fraction of every group) or ``cost`` (a
+    greedy knapsack on importance per unit of ``cost``: ``flops`` or ``params``, by default
+    the kind of the target, FLOPs for a ratio). ``global_ranking`` is the older switch
+    (True = global, False = uniform). ``width_scores``: scores of another criterion to
+    allocate the widths on; ``scores`` then only choose which channels of each group stay.
     """
     limits = Limits(round_to=round_to, min_channels=min_channels, max_ratio=max_ratio)
+    allocation = resolve_allocation(allocation, global_ranking)
     if normalisation not in NORMALISATIONS:
         raise DetpruneError(f"unknown normalisation {normalisation!r}; choose from {', '.join(NORMALISATIONS)}")
     target = make_target(ratio=ratio, target_flops=target_flops, target_params=target_params)
@@ -146,6 +163,9 @@ def prune_model(
         raise DetpruneError("prune_model needs channel scores (or kept channel sets)")
     elif target is None:
         raise DetpruneError("give a target: ratio, target_flops or target_params")
+    cost = _cost_kind(allocation, cost, target)
+    if width_scores is not None and kept is not None:
+        raise DetpruneError("kept channel sets fix the widths: give no width_scores with them")
 
     seconds: dict[str, float] = {}
     tick = time.perf_counter()
@@ -165,8 +185,11 @@ def prune_model(
         prunable = sum(g.size for g in coupled.groups if len(g.prunable))
     else:
         orders = removal_orders(coupled, gscores)
-        allocator = Allocator(coupled, gscores, orders, limits, global_ranking)
-        cost_model = CostModel(coupled, before, orders)
+        # the widths are allocated on width_scores where given, the channels chosen by scores
+        wscores = group_scores(coupled, width_scores, normalisation) if width_scores is not None else gscores
+        worders = removal_orders(coupled, wscores) if width_scores is not None else orders
+        cost_model = CostModel(coupled, before, worders)
+        allocator = _allocator(allocation, cost, coupled, wscores, worders, limits, cost_model)
         metric = _metric(target, before, cost_model, allocator)
         hint = (
             f" with min_channels={min_channels}, max_ratio={max_ratio:g}, round_to={round_to}"
@@ -174,8 +197,10 @@ def prune_model(
         )
         found = search(target, allocator.allocate, metric, tolerance=tolerance, limits_hint=hint)
         removal = found.removal
-        plan = {g: orders[g][:n] for g, n in removal.items()}
+        plan = select_channels(orders, removal)
         prunable = allocator.prunable_channels
+        if width_scores is not None:  # price the channels actually chosen
+            cost_model = CostModel(coupled, before, orders)
     predicted = cost_model.predict(removal)
     seconds["allocate"] = time.perf_counter() - tick
 
@@ -189,7 +214,10 @@ def prune_model(
         "ratio": sum(removal.values()) / prunable if prunable else 0.0,
     }
     settings = {
-        "global_ranking": global_ranking,
+        "allocation": None if kept is not None else allocation,
+        "cost": cost if kept is None else None,
+        "width_scores": width_scores is not None,
+        "global_ranking": allocation == "global",
         "round_to": round_to,
         "min_channels": min_channels,
         "max_ratio": max_ratio,
@@ -213,6 +241,23 @@ def prune_model(
         num_prunable_groups=len(coupled.prunable_groups()),
         seconds=seconds,
     )
+
+
+def _cost_kind(allocation: str, cost: str | None, target: Target | None) -> str | None:
+    """The cost a ``cost`` allocation spends: as given, else the target's kind (FLOPs for a ratio)."""
+    if cost is not None and cost not in COSTS:
+        raise DetpruneError(f"unknown cost {cost!r}; choose from {', '.join(COSTS)}")
+    if allocation != "cost":
+        if cost is not None:
+            raise DetpruneError(f"cost={cost!r} applies to allocation='cost' only (got allocation={allocation!r})")
+        return None
+    return cost or (target.kind if target is not None and target.kind in COSTS else "flops")
+
+
+def _allocator(allocation, cost, coupled, scores, orders, limits, cost_model):
+    if allocation == "cost":
+        return KnapsackAllocator(coupled, scores, orders, limits, AnalyticCost(cost_model, cost))
+    return Allocator(coupled, scores, orders, limits, global_ranking=allocation == "global")
 
 
 def _metric(target: Target, before: Cost, cost_model: CostModel, allocator: Allocator):

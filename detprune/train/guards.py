@@ -87,7 +87,8 @@ def amp_check(model: nn.Module) -> bool:
         return False
     # Train mode: BatchNorm normalises with batch statistics, as during training. In eval mode
     # an untrained model's running statistics shrink features below FP16's range.
-    net = deepcopy(unwrap_model(model)).float().train()
+    # a resumed distillation run checks its student; the frozen teacher never trains in autocast's backward
+    net = deepcopy(getattr(unwrap_model(model), "student_model", None) or unwrap_model(model)).float().train()
     stride = int(max(getattr(net, "stride", torch.tensor([32.0])).max().item(), 32))
     generator = torch.Generator().manual_seed(0)
     image = torch.rand(2, 3, 8 * stride, 8 * stride, generator=generator).to(device)

@@ -28,14 +28,15 @@ from torch import nn
 from ultralytics import __version__ as ULTRALYTICS_VERSION
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import DEFAULT_CFG, DEFAULT_CFG_DICT, DEFAULT_CFG_KEYS, LOCAL_RANK, LOGGER, RANK
-from ultralytics.utils.patches import torch_load
 from ultralytics.utils.torch_utils import torch_distributed_zero_first, unwrap_model
 
 from detprune import __version__ as DETPRUNE_VERSION
 from detprune.errors import BadInputError, DetpruneError
+from detprune.train.distill_yolo import strip_distillation, student_of, without_feature_hooks
 from detprune.train.guards import trainer_guards
 from detprune.train.structure import check_same_structure, tensor_shapes
 from detprune.utils.atomic import atomic_path, write_bytes
+from detprune.utils.checkpoints import load_torch_file
 
 # Checkpoint keys that only a resumable (unfinished) run needs.
 _TRAINING_STATE = ("optimizer", "best_fitness", "stopper", "ema", "updates", "scaler")
@@ -70,8 +71,8 @@ def finalize_checkpoint(path: str | Path, updates: dict[str, Any] | None = None)
     The same result as ``ultralytics.utils.torch_utils.strip_optimizer`` except for precision
     (it converts the model to FP16). Returns the rewritten checkpoint.
     """
-    ckpt = torch_load(path, map_location="cpu")
-    model = ckpt.get("ema") or ckpt["model"]
+    ckpt = load_torch_file(path)  # restricted unpickler: the file is read back, never trusted blindly
+    model = strip_distillation(ckpt.get("ema") or ckpt["model"])  # the student alone: no teacher, projector
     if hasattr(model, "args") and not isinstance(model.args, dict):
         model.args = dict(vars(model.args))
     if hasattr(model, "criterion"):
@@ -112,8 +113,8 @@ class PrunedDetectionTrainer(DetectionTrainer):
     # --- the model: always the given module, never one rebuilt from yaml --------------------
     def setup_model(self):
         ckpt = None if isinstance(self.model, nn.Module) else super().setup_model()
-        self.model = make_trainable(self.model)
-        self.structure = tensor_shapes(self.model)
+        student = make_trainable(student_of(self.model))  # a resumed distillation run gives the wrapper
+        self.structure = tensor_shapes(student)
         return ckpt
 
     def get_model(self, cfg=None, weights=None, verbose: bool = True):
@@ -125,17 +126,17 @@ class PrunedDetectionTrainer(DetectionTrainer):
         return weights  # a fresh module unpickled from the checkpoint
 
     def set_model_attributes(self):
-        if head_classes(self.model) != self.data["nc"]:
+        if head_classes(student_of(self.model)) != self.data["nc"]:
             raise BadInputError(
                 f"{self.args.data}: the dataset has {self.data['nc']} classes but the model's head predicts "
-                f"{head_classes(self.model)}; re-head the model for the dataset's classes before pruning"
+                f"{head_classes(student_of(self.model))}; re-head the model for the dataset's classes before pruning"
             )
         super().set_model_attributes()
 
     def _setup_train(self):
         super()._setup_train()
-        check_same_structure(self.structure, unwrap_model(self.model), "the model the trainer trains")
-        check_same_structure(self.structure, self.ema.ema, "the trainer's EMA model")
+        check_same_structure(self.structure, student_of(unwrap_model(self.model)), "the model the trainer trains")
+        check_same_structure(self.structure, student_of(self.ema.ema), "the trainer's EMA model")
 
     # --- checkpoints: FP32, atomic ------------------------------------------------------------
     def _ema_snapshot(self) -> nn.Module:
@@ -147,6 +148,7 @@ class PrunedDetectionTrainer(DetectionTrainer):
             if value.is_floating_point() and not torch.isfinite(value).all() and torch.isfinite(live[key]).all():
                 value.copy_(live[key])
         snapshot = deepcopy(ema).float().to(memory_format=torch.contiguous_format)
+        without_feature_hooks(snapshot)  # distillation: the hooks come back when the wrapper is unpickled
         if hasattr(snapshot, "criterion"):
             snapshot.criterion = None
         return snapshot

@@ -12,10 +12,15 @@ weights (by ``metric``) are kept and written to ``out_dir/best.pt``, and the mod
 carries them. Without a validation set the last epoch's weights are returned.
 ``out_dir/last.pt`` and ``out_dir/train_log.json`` (loss, learning rate and metrics per
 epoch) are written too, atomically.
+
+With a ``teacher`` (the unpruned model) the student also learns from it: box-masked FPN
+imitation and a KL term on the RoI class logits (:mod:`detprune.train.distill_rcnn`); the
+checkpoints hold the student alone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import asdict, dataclass, fields
@@ -106,10 +111,20 @@ def lr_factor(iteration: int, *, iters_per_epoch: int, warmup_iters: int, warmup
 
 
 def finetune(
-    adapter: DetectorAdapter, model: nn.Module, data: Any, *, epochs: int, out_dir: str | Path, **options: Any
+    adapter: DetectorAdapter, model: nn.Module, data: Any, *, epochs: int, out_dir: str | Path,
+    teacher: nn.Module | None = None, distill_weight: float | None = None, **options: Any
 ) -> nn.Module:
-    """Train ``model`` (in place) for ``epochs`` and return it with its best weights; see the module docstring."""
+    """Train ``model`` (in place) for ``epochs`` and return it with its best weights; see the module docstring.
+
+    ``teacher``: the unpruned model to distil from (frozen in place: eval mode, no gradient);
+    ``distill_weight`` scales its loss (default 1.0).
+    """
+    from detprune.train.distill import check_weight
+
     opts = _options(options)
+    check_weight(distill_weight)
+    if distill_weight is not None and teacher is None:
+        raise BadInputError("a distillation weight needs a teacher (the unpruned model)")
     train_set, val_set = split_data(data)
     if epochs < 1:
         raise DetpruneError(f"epochs must be at least 1, got {epochs}")
@@ -122,6 +137,13 @@ def finetune(
     if opts.freeze_norm:
         freeze_batchnorm(model)
     params = [p for p in model.parameters() if p.requires_grad]
+    distiller = None
+    if teacher is not None:  # built before the seed below, so RoI sampling draws as without a teacher
+        from detprune.train.distill_rcnn import DEFAULT_WEIGHT, RcnnDistiller
+
+        weight = DEFAULT_WEIGHT if distill_weight is None else distill_weight
+        distiller = RcnnDistiller(teacher.to(device), model, weight).to(device)
+        params += list(distiller.parameters())  # the adapter: trained with the student, never saved
     optimizer = torch.optim.SGD(params, lr=opts.lr, momentum=opts.momentum, weight_decay=opts.weight_decay)
     iters_per_epoch = math.ceil(len(train_set) / opts.batch_size)
     if opts.max_iters_per_epoch:
@@ -138,31 +160,41 @@ def finetune(
 
     best_value, best_state, history = -math.inf, None, []
     meta = {"finetune": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()}}
+    meta["finetune"]["distill_weight"] = distiller.weight if distiller is not None else None
     for epoch in range(1, epochs + 1):
         model.train()
         order = torch.randperm(len(train_set), generator=generator).tolist()[: iters_per_epoch * opts.batch_size]
         bar = progress_bar(_batches(train_set, order, imgsz, opts.batch_size), total=iters_per_epoch, desc=f"finetune {epoch}/{epochs}", disable=not opts.progress)
-        losses = []
-        for iteration, batch in enumerate(bar):
-            with torch.autocast(device.type, enabled=amp):
-                loss = adapter.detection_loss(model, batch.to(device))
-            if not torch.isfinite(loss):
-                raise DetpruneError(
-                    f"fine-tuning loss became {loss.item()} at epoch {epoch}, iteration {iteration + 1}; "
-                    f"lower lr (now {opts.lr}) or set clip_grad_norm"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if opts.clip_grad_norm:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, opts.clip_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            losses.append(float(loss.detach()))
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+        losses, distilled = [], []
+        capturing = distiller.capturing(model) if distiller is not None else contextlib.nullcontext()
+        with capturing:  # hooks on the student only while it trains, not while it is evaluated
+            for iteration, batch in enumerate(bar):
+                with torch.autocast(device.type, enabled=amp):
+                    batch = batch.to(device)
+                    loss = adapter.detection_loss(model, batch)
+                    if distiller is not None:
+                        extra, parts = distiller.loss(batch)
+                        loss = loss + extra
+                        distilled.append(parts)
+                if not torch.isfinite(loss):
+                    raise DetpruneError(
+                        f"fine-tuning loss became {loss.item()} at epoch {epoch}, iteration {iteration + 1}; "
+                        f"lower lr (now {opts.lr}) or set clip_grad_norm"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if opts.clip_grad_norm:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(params, opts.clip_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                losses.append(float(loss.detach()))
+                if hasattr(bar, "set_postfix"):
+                    bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
         record: dict[str, Any] = {"epoch": epoch, "loss": sum(losses) / max(len(losses), 1), "lr": optimizer.param_groups[0]["lr"]}
+        if distilled:
+            record["distill"] = {k: sum(p[k] for p in distilled) / len(distilled) for k in distilled[0]}
         if val_set is not None and (epoch % opts.val_every == 0 or epoch == epochs):
             metrics = adapter.evaluate(model, val_set, imgsz=imgsz, batch_size=opts.batch_size, progress=opts.progress)
             if opts.metric not in metrics:

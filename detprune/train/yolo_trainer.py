@@ -4,12 +4,14 @@ A run writes one folder, ``out_dir``::
 
     out_dir/
       start.pt        the model as given (the trainer starts from this checkpoint)
+      teacher.pt      with a teacher: the unpruned model it distils from (ultralytics' distill_model)
       train_data.yaml the checked dataset yaml the trainer reads (absolute paths, no download:)
       train/          ultralytics' run folder: args.yaml, results.csv, weights/{best,last}.pt
       finetune.json   paths, metrics and time of the run
 
 ``train/weights/best.pt`` and ``last.pt`` are ordinary ultralytics checkpoints in FP32 with the
-pruned shapes: ``ultralytics.YOLO(best)`` loads them where detprune is installed.
+pruned shapes: ``ultralytics.YOLO(best)`` loads them where detprune is installed. With a
+teacher they hold the student alone (see :mod:`detprune.train.distill_yolo`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from torch import nn
 
 from detprune.errors import BadInputError, DetpruneError, UnsupportedError
 from detprune.train.datasets import check_data_yaml, num_classes, write_checked_yaml
+from detprune.train.distill_yolo import student_of
 from detprune.train.structure import check_same_structure, parameter_count, tensor_shapes
 from detprune.utils.atomic import write_text
 
@@ -75,6 +78,13 @@ def _detection_model(model: Any) -> nn.Module:
     return model
 
 
+def _unwrapped(model: Any) -> Any:
+    """The module inside an ``ultralytics.YOLO`` object; anything else as it is."""
+    from ultralytics.engine.model import Model
+
+    return model.model if isinstance(model, Model) else model
+
+
 def _check_overrides(overrides: dict[str, Any], resume: bool) -> None:
     from ultralytics.utils import DEFAULT_CFG_KEYS
 
@@ -83,8 +93,10 @@ def _check_overrides(overrides: dict[str, Any], resume: bool) -> None:
             raise BadInputError(f"trainer argument '{key}' is set by detprune (model, data, epochs, out_dir, resume)")
         if key not in DEFAULT_CFG_KEYS:
             raise BadInputError(f"unknown trainer argument '{key}' (see ultralytics' cfg/default.yaml for the valid ones)")
-        if key in {"quantize", "distill_model"} and value not in (None, False):
+        if key == "quantize" and value not in (None, False):
             raise UnsupportedError(f"trainer argument '{key}' is not supported for fine-tuning pruned models")
+        if key == "distill_model" and value is not None:
+            raise BadInputError("give the unpruned model as teacher= (--teacher), not as the trainer argument distill_model")
         if resume and key not in _RESUME_ADJUSTABLE:
             raise BadInputError(f"a resumed run keeps its hyperparameters; '{key}' cannot change (start a new run instead)")
 
@@ -110,21 +122,18 @@ def _clear_previous_run(run_dir: Path, exist_ok: bool) -> None:
 
 def _resume_checkpoint(last: Path, model: nn.Module | None, epochs: int | None) -> tuple[dict, dict]:
     """(checkpoint, its train_args) of an unfinished run, checked against the given model and epochs."""
-    from ultralytics.utils.patches import torch_load
+    from detprune.utils.checkpoints import load_torch_file
 
     if not last.is_file():
         raise BadInputError(f"{last}: no checkpoint to resume from; start a new run without resume")
-    try:
-        ckpt = torch_load(last, map_location="cpu")
-    except Exception as error:  # torch raises several types for a damaged file
-        raise BadInputError(f"{last}: not a readable checkpoint ({_one_line(error)})") from None
+    ckpt = load_torch_file(last)  # no code stored in the file runs; damaged files are one-line errors
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("ema"), nn.Module) or ckpt.get("optimizer") is None:
         raise BadInputError(f"{last}: the run finished all its epochs; nothing to resume (start a new run)")
     args = ckpt.get("train_args") or {}
     if epochs is not None and epochs != args.get("epochs"):
         raise BadInputError(f"{last}: the run was started for {args.get('epochs')} epochs; resume continues to that number")
     if model is not None:
-        check_same_structure(tensor_shapes(ckpt["ema"]), model, f"the model given to resume {last}")
+        check_same_structure(tensor_shapes(student_of(ckpt["ema"])), model, f"the model given to resume {last}")
     return ckpt, args
 
 
@@ -145,6 +154,8 @@ def finetune_yolo(
     patience: int | None = None,
     plots: bool | None = None,
     callbacks: dict[str, Callable] | None = None,
+    teacher: nn.Module | None = None,
+    distill_weight: float | None = None,
     **overrides: Any,
 ) -> FinetuneResult:
     """Fine-tune ``model`` on the YOLO dataset ``data_yaml`` with ultralytics' trainer, keeping its shapes.
@@ -165,6 +176,11 @@ def finetune_yolo(
     ``patience`` and ``plots`` keep the run's values unless given. Without ``resume`` a previous
     run in ``out_dir`` is an error unless ``exist_ok=True``, which replaces it.
 
+    ``teacher`` (the unpruned model, same classes and head levels) turns on knowledge
+    distillation with ultralytics' ``DistillationModel``; ``distill_weight`` is its ``dis``
+    (default ultralytics' 6.0). The teacher is frozen and never saved with the student; a
+    resumed run distils from the teacher it started with.
+
     The caller's ``model`` is not modified. Raises :class:`BadInputError` for bad arguments and
     :class:`DetpruneError` if a checkpoint does not have the given model's shapes.
     """
@@ -172,6 +188,7 @@ def finetune_yolo(
     if not resume or epochs is not None:
         _check_epochs(epochs)
     _check_overrides(overrides, resume)
+    _check_distillation(teacher, distill_weight, resume, overrides)
     given = {"imgsz": imgsz, "batch": batch, "device": device, "workers": workers, "patience": patience, "plots": plots}
     given = {k: (str(v) if k == "device" else v) for k, v in given.items() if v is not None}
     if lr0 is not None:
@@ -181,11 +198,27 @@ def finetune_yolo(
     if resume:
         args, expected = _resume_args(model, data_yaml, epochs, out_dir, {**given, **overrides})
     else:
-        args, expected = _new_run_args(model, data_yaml, epochs, out_dir, exist_ok, {**given, "seed": seed, **overrides})
+        if distill_weight is not None:
+            overrides = {**overrides, "dis": float(distill_weight)}
+        settings = {**given, "seed": seed, **overrides}
+        args, expected = _new_run_args(model, data_yaml, epochs, out_dir, exist_ok, settings, teacher)
     return _run(args, expected, out_dir / RUN_NAME, callbacks or {})
 
 
-def _new_run_args(model, data_yaml, epochs: int, out_dir: Path, exist_ok: bool, settings: dict) -> tuple[dict, dict]:
+def _check_distillation(teacher, distill_weight, resume: bool, overrides: dict) -> None:
+    from detprune.train.distill import check_weight
+
+    check_weight(distill_weight)
+    check_weight(overrides.get("dis"))
+    if resume and (teacher is not None or distill_weight is not None):
+        raise BadInputError("a resumed run keeps its teacher and distillation weight; give neither (start a new run instead)")
+    if not resume and distill_weight is not None and teacher is None:
+        raise BadInputError("a distillation weight needs a teacher (the unpruned model)")
+
+
+def _new_run_args(
+    model, data_yaml, epochs: int, out_dir: Path, exist_ok: bool, settings: dict, teacher: nn.Module | None = None
+) -> tuple[dict, dict]:
     """(trainer arguments, expected shapes) of a new run; writes the start checkpoint and dataset yaml."""
     from detprune.train.pruned_trainer import write_model_checkpoint
 
@@ -194,6 +227,11 @@ def _new_run_args(model, data_yaml, epochs: int, out_dir: Path, exist_ok: bool, 
     if data_yaml is None:
         raise BadInputError("a dataset yaml is needed to start fine-tuning")
     detection = _detection_model(model)
+    if teacher is not None:
+        from detprune.train.distill_yolo import check_teacher
+
+        teacher = _unwrapped(teacher)
+        check_teacher(teacher, detection)
     data = check_data_yaml(data_yaml)
     if num_classes(data) != int(detection.model[-1].nc):
         raise BadInputError(
@@ -202,6 +240,10 @@ def _new_run_args(model, data_yaml, epochs: int, out_dir: Path, exist_ok: bool, 
         )
     _clear_previous_run(out_dir / RUN_NAME, exist_ok)
     start = write_model_checkpoint(detection, out_dir / START_CHECKPOINT)
+    if teacher is not None:
+        from detprune.train.distill_yolo import TEACHER_CHECKPOINT, write_teacher
+
+        settings = {**settings, "distill_model": str(write_teacher(teacher, out_dir / TEACHER_CHECKPOINT))}
     data_path = write_checked_yaml(data_yaml, out_dir / TRAINER_DATA_YAML)
     args = {
         **NEW_RUN_DEFAULTS,
@@ -222,12 +264,15 @@ def _resume_args(model, data_yaml, epochs: int | None, out_dir: Path, settings: 
     last = out_dir / RUN_NAME / "weights" / "last.pt"
     detection = _detection_model(model) if model is not None else None
     ckpt, run_args = _resume_checkpoint(last, detection, epochs)
+    teacher = run_args.get("distill_model")
+    if teacher and not Path(str(teacher)).is_file():
+        raise BadInputError(f"{teacher}: the teacher this run distils from is missing; it cannot be resumed")
     if data_yaml is not None:
         data_path = write_checked_yaml(data_yaml, out_dir / TRAINER_DATA_YAML)
     else:
         check_data_yaml(run_args.get("data", ""))
         data_path = Path(run_args["data"])
-    return {**settings, "resume": str(last), "data": str(data_path)}, tensor_shapes(ckpt["ema"])
+    return {**settings, "resume": str(last), "data": str(data_path)}, tensor_shapes(student_of(ckpt["ema"]))
 
 
 def _as_built(model: nn.Module) -> nn.Module:
@@ -268,8 +313,7 @@ def _epoch_bar(trainer):
 
 
 def _run(args: dict, expected: dict, run_dir: Path, callbacks: dict[str, Callable]) -> FinetuneResult:
-    from ultralytics.nn.tasks import load_checkpoint
-
+    from detprune.adapters.yolo import read_checkpoint
     from detprune.train.pruned_trainer import PrunedDetectionTrainer
 
     threads = torch.get_num_threads()
@@ -299,7 +343,7 @@ def _run(args: dict, expected: dict, run_dir: Path, callbacks: dict[str, Callabl
     best = trainer.best if trainer.best.exists() else trainer.last
     if not best.exists():
         raise DetpruneError(f"{run_dir}: training ended without writing a checkpoint")
-    model, ckpt = load_checkpoint(best)
+    model, ckpt = read_checkpoint(best)
     check_same_structure(expected, _as_built(model), f"checkpoint {best}")
     raw = trainer.metrics if isinstance(trainer.metrics, dict) and trainer.metrics else ckpt.get("train_metrics") or {}
     metrics = {str(k): float(v) for k, v in raw.items() if isinstance(v, (int, float)) or hasattr(v, "__float__")}
@@ -312,6 +356,13 @@ def _run(args: dict, expected: dict, run_dir: Path, callbacks: dict[str, Callabl
         "seconds": round(seconds, 3),
         "parameters": parameter_count(model),
         "metrics": metrics,
+        "distillation": _distillation_summary(trainer.args),
     }
     write_text(run_dir.parent / "finetune.json", json.dumps(summary, indent=2) + "\n")
     return result
+
+
+def _distillation_summary(args) -> dict | None:
+    """The teacher and weight of a distilling run (ultralytics' ``distill_model`` and ``dis``)."""
+    teacher = getattr(args, "distill_model", None)
+    return None if not teacher else {"teacher": str(teacher), "weight": float(args.dis)}

@@ -48,9 +48,13 @@ def summarise(
     latency_runs: int = 30,
     onnx_path: Path | None = None,
     info: dict | None = None,
+    eval_options: dict | None = None,
 ) -> ModelSummary:
-    """Evaluate ``model`` on ``val`` and measure its cost and CPU latency into a report entry."""
-    metrics = adapter.evaluate(model, val, imgsz=imgsz, batch_size=batch_size)
+    """Evaluate ``model`` on ``val`` and measure its cost and CPU latency into a report entry.
+
+    ``eval_options`` (conf, iou, max_det, letterbox, kitti_protocol) pass to ``adapter.evaluate``.
+    """
+    metrics = adapter.evaluate(model, val, imgsz=imgsz, batch_size=batch_size, **(eval_options or {}))
     cost = model_cost(adapter, model, imgsz)
     latency = None
     if latency_runs > 0:
@@ -62,5 +66,5 @@ def summarise(
         flops=cost.flops,
         latency=latency,
         channels=conv_channels(model),
-        info={"imgsz": list(as_hw(imgsz)), **(info or {})},
+        info={"imgsz": list(as_hw(imgsz)), **({"evaluation": dict(eval_options)} if eval_options else {}), **(info or {})},
     )

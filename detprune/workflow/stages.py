@@ -55,15 +55,21 @@ def finetune_variant(
     *,
     epochs: int,
     out_dir: str | Path,
+    teacher: nn.Module | None = None,
+    distill_weight: float | None = None,
     **options: Any,
 ) -> nn.Module:
     """Fine-tune ``model`` on ``train`` (validated on ``val``) with the family's own trainer.
 
     YOLO trains through ultralytics, which reads a YOLO dataset: it is written from the
     splits into ``out_dir/dataset`` first. Returns the best model, pruned shapes kept.
+    With ``teacher`` (the unpruned model) the trainer distils from it, ``distill_weight``
+    scaling that loss (the family's default when None).
     """
     out_dir = Path(out_dir)
     options = {_FINETUNE_NAMES.get(adapter.family, {}).get(k, k): v for k, v in options.items() if v is not None}
+    if teacher is not None:
+        options.update(teacher=teacher, distill_weight=distill_weight)
     if adapter.family == "yolo":
         from detprune.data.convert import write_yolo_dataset
 

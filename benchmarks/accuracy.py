@@ -1,0 +1,281 @@
+"""Accuracy at the cut: k-fold KITTI at 640 px wide, rect letterbox, an equal training budget.
+
+The question: at a FLOPs target, which criterion x allocation x fine-tune (plain or distilled)
+keeps the most accuracy, above all on small objects, measured so that the answer survives a
+rerun. The protocol, and why:
+
+- KITTI at its own aspect ratio: 640 px wide, letterboxed to ultralytics' ``rect`` batch shape
+  (1242x375 -> 640x224: ``ceil(375/1242 * 640 / 32) * 32``), the same (h, w) for scoring,
+  training and evaluation. A 32 px pedestrian stays 16 px, where a 320 px square input made it 8.
+- k-fold cross-validation over the frames (``detprune.data.folds``): every figure is the mean
+  over the folds, so over every frame held out once, with the spread over folds beside it.
+  Each fold has its own baseline, trained on the other folds.
+- Baseline: the architecture yaml with the given backbone+neck weights (head new), trained a
+  fixed number of epochs on the fold's training frames; its per-epoch val curve is recorded and
+  plotted (``baseline_curve.png``) so one can see it has flattened.
+- Every row is the model after its LAST epoch: nothing is selected on the frames reported.
+- Equal budget: pruned rows fine-tune ``--finetune-epochs``; the "baseline, same budget" row
+  trains the baseline that many more epochs with the same settings.
+- Reproducible: deterministic algorithms, ``--threads`` torch threads, seeded augmentation
+  (ultralytics seeds Python, NumPy and torch; ``workers=0`` keeps augmentation in-process).
+- Cached and resumable: every finished cell is a ``result.json`` with its settings under
+  ``<out>/cells``; a rerun with the same settings reuses it. One progress line per cell.
+
+Outputs in ``--out``: ``results.json``, ``results.md``, ``accuracy_vs_flops.png``,
+``baseline_curve.png``.
+
+    python benchmarks/accuracy.py                                    # full run
+    python benchmarks/accuracy.py --quick                            # reduced check
+    python benchmarks/accuracy.py --baselines-only                   # train (cache) the baselines
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_VERBOSE", "False")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+from accuracy_report import METRICS, markdown, plot_curves, plot_vs_flops, summarise  # noqa: E402
+from detprune.adapters.yolo import YoloAdapter  # noqa: E402
+from detprune.criteria import get_criterion  # noqa: E402
+from detprune.data.folds import kfold_splits  # noqa: E402
+from detprune.data.loader import load_dataset  # noqa: E402
+from detprune.errors import DetpruneError  # noqa: E402
+from detprune.utils.atomic import write_text  # noqa: E402
+from accuracy_cells import Cell, Runner, rect_hw  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def _list(text: str, kind=str) -> list:
+    return [kind(x.strip()) for x in text.split(",") if x.strip()]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default=str(SHARED / "data" / "kitti_tiny"), help="KITTI folder")
+    p.add_argument("--model", default="yolov5n.yaml", help="architecture yaml")
+    p.add_argument("--weights", default=str(SHARED / "weights" / "yolov5n_coco_backbone_neck.pt"),
+                   help="state dict loaded where names and shapes match (the head is trained)")
+    p.add_argument("--folds", type=int, default=3, help="k of k-fold cross-validation")
+    p.add_argument("--fold-seed", type=int, default=0, help="seed of the fold assignment")
+    p.add_argument("--only-folds", default=None, help="run these folds only (comma-separated indices)")
+    p.add_argument("--width", type=int, default=640, help="input width; the height is ultralytics' rect batch shape")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (baseline and fine-tunes)")
+    p.add_argument("--baseline-epochs", type=int, default=80)
+    p.add_argument("--finetune-epochs", type=int, default=20, help="the equal budget of every row")
+    p.add_argument("--target", type=float, default=0.5, help="FLOPs kept by the grid of configurations")
+    p.add_argument("--criteria", default="saliency,taylor,l1")
+    p.add_argument("--allocations", default="global,cost", help="how the cut is spread over layers")
+    p.add_argument("--distill", default="off,on", help="fine-tune plain (off) and/or distilled from the baseline (on)")
+    p.add_argument("--extra-targets", default="0.7,0.3", help="targets run for the best configuration at --target")
+    p.add_argument("--seed", type=int, default=0, help="seed of scoring order and training")
+    p.add_argument("--repeat", default="rerun,seed1",
+                   help="repeats of the first configuration on fold 0: 'rerun' (same seed, from scratch), 'seedN'")
+    p.add_argument("--round-to", type=int, default=8)
+    p.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime threads")
+    p.add_argument("--latency-runs", type=int, default=30, help="interleaved ONNX Runtime runs per model pair (0 = none)")
+    p.add_argument("--stop-at", default=None,
+                   help="UTC time HH:MM after which no new cell starts; the rest are listed as not run")
+    p.add_argument("--baselines-only", action="store_true", help="train and cache the fold baselines, then stop")
+    p.add_argument("--quick", action="store_true",
+                   help="reduced check: fold 0 only, baseline 10 epochs, fine-tune 3, saliency,l1 global plain, no extras")
+    p.add_argument("--out", default="runs/accuracy")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.only_folds, args.baseline_epochs, args.finetune_epochs = "0", 10, 3
+        args.criteria, args.allocations, args.distill, args.extra_targets, args.repeat = "saliency,l1", "global", "off", "", ""
+        args.out = args.out if args.out != "runs/accuracy" else "runs/accuracy_quick"
+    args.criteria, args.allocations = _list(args.criteria), _list(args.allocations)
+    args.distill = [{"off": False, "on": True}.get(x) for x in _list(args.distill)]
+    args.extra_targets, args.repeat = _list(args.extra_targets, float), _list(args.repeat)
+    args.only_folds = None if args.only_folds is None else _list(args.only_folds, int)
+    if args.stop_at is not None and not re.fullmatch(r"([01]?\d|2[0-3]):[0-5]\d", args.stop_at):
+        p.error("--stop-at is a UTC time HH:MM")
+    if None in args.distill:
+        p.error("--distill takes off and/or on")
+    if not all(0 < t < 1 for t in [args.target, *args.extra_targets]):
+        p.error("targets are fractions of the FLOPs kept, in (0, 1)")
+    if not args.criteria or not args.allocations or not args.distill:
+        p.error("give at least one criterion, allocation and distill setting")
+    if args.only_folds and not all(0 <= f < args.folds for f in args.only_folds):
+        p.error(f"--only-folds are indices in 0..{args.folds - 1}")
+    for name in args.criteria:
+        get_criterion(name)  # an unknown name fails here, before any training
+    return args
+
+
+def settings_key(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def timed_log(started: float):
+    def log(message: str) -> None:
+        stamp = time.strftime("%H:%M:%S", time.gmtime())
+        print(f"[{stamp} +{time.perf_counter() - started:5.0f} s] {message}", flush=True)
+
+    return log
+
+
+def grid(args: argparse.Namespace) -> list[Cell]:
+    """Every configuration at ``--target``; the ones this installation cannot run are noted, not run."""
+    # plain before distilled, the first allocation before the others: the axes that exist first
+    return [Cell(args.target, criterion, allocation, distill, args.seed)
+            for distill in args.distill for allocation in args.allocations for criterion in args.criteria]
+
+
+def run_cells(cells: list[Cell], folds: list[int], runner: Runner, log, tag: str) -> tuple[list[dict], list[dict]]:
+    results, missing = [], []
+    total = len(cells) * len(folds)
+    n = 0
+    for cell in cells:
+        reason = runner.unsupported(cell)
+        if reason:
+            missing.append({**cell.describe(), "reason": reason})
+            log(f"{tag} {cell.label()}: not run ({reason})")
+            n += len(folds)
+            continue
+        for fold in folds:
+            n += 1
+            if runner.past_stop() and not runner.is_cached(cell, fold):
+                missing.append({**cell.describe(), "fold": fold, "reason": f"not started: past --stop-at {runner.args.stop_at} UTC"})
+                continue
+            try:
+                result = runner.cell(cell, fold)
+            except Exception as err:  # one failed cell is reported, not the end of an hours-long run
+                text = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                err = text if isinstance(err, DetpruneError) else f"{type(err).__name__}: {text}"
+                missing.append({**cell.describe(), "fold": fold, "reason": err})
+                log(f"{tag} {n}/{total} {cell.label()} fold {fold}: skipped: {err}")
+                continue
+            results.append(result)
+            m = result["metrics"]
+            log(f"{tag} {n}/{total} {cell.label()} fold {fold}: mAP50 {m['mAP50']:.1f} AP_small {_pt(m['AP_small'])} "
+                f"FLOPs kept {result['flops_kept']:.1%} lat x{_ratio(result)} "
+                f"({_took(result)})")
+    return results, missing
+
+
+def _took(result: dict) -> str:
+    return "cached" if result.get("cached") else f"{result['seconds']['total']:.0f} s"
+
+
+def _pt(value) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _ratio(result: dict) -> str:
+    value = result.get("latency", {}).get("ratio")
+    return "-" if value is None else f"{value:.2f}"
+
+
+def best_configuration(rows: list[dict], target: float, seed: int) -> dict | None:
+    """The configuration at ``target`` with the highest mean mAP50 over folds (ties: AP_small)."""
+    candidates = [r for r in rows if r["kind"] == "pruned" and math.isclose(r["target"], target)
+                  and r["seed"] == seed and not r["replica"]]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda r: (r["mAP50"]["mean"], r["AP_small"]["mean"] if r.get("AP_small") else -1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    log = timed_log(started)
+    dataset = load_dataset(args.data)
+    hw = rect_hw(dataset, args.width)
+    splits = kfold_splits(dataset, args.folds, seed=args.fold_seed)
+    folds = args.only_folds if args.only_folds is not None else list(range(args.folds))
+    log(f"data: {len(dataset)} frames, {args.folds} folds of {', '.join(str(len(v)) for _, v in splits)}; "
+        f"input {hw[1]}x{hw[0]} (rect); classes {', '.join(dataset.class_names)}; folds run: {folds}")
+    runner = Runner(args, YoloAdapter(), dataset, splits, hw, settings_key, log)
+
+    for fold in folds:
+        runner.baseline(fold)
+    if args.baselines_only:
+        log("baselines cached; stopping (--baselines-only)")
+        return 0
+
+    results, missing = [], []
+    for fold in folds:
+        results.append(runner.unpruned(fold))
+        results.append(runner.same_budget(fold))
+    cells = grid(args)
+    first_block = [c for c in cells if c.distill == cells[0].distill and c.allocation == cells[0].allocation]
+    found, skipped = run_cells(first_block, folds, runner, log, "cell")
+    results += found
+    missing += skipped
+
+    repeats: list[dict] = []
+    if cells and args.repeat and 0 in folds:
+        first = cells[0]
+        for repeat in args.repeat:
+            seed = int(repeat[4:]) if repeat.startswith("seed") else first.seed
+            again = Cell(first.target, first.criterion, first.allocation, first.distill, seed,
+                         replica="rerun" if repeat == "rerun" else "")
+            found, skipped = run_cells([again], [0], runner, log, f"repeat {repeat}")
+            repeats += found
+            missing += skipped
+
+    # then the first criterion across the other axes, before the other criteria there
+    rest = sorted((c for c in cells if c not in first_block), key=lambda c: c.criterion != cells[0].criterion)
+    found, skipped = run_cells(rest, folds, runner, log, "cell")
+    results += found
+    missing += skipped
+
+    rows = summarise(results)
+    best = best_configuration(rows, args.target, args.seed)
+    extra: list[Cell] = []
+    if best is not None:
+        extra = [Cell(t, best["criterion"], best["allocation"], best["distill"], args.seed) for t in args.extra_targets]
+        found, skipped = run_cells(extra, folds, runner, log, "extra")
+        results += found
+        missing += skipped
+    rows = summarise(results + repeats)
+    command = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    report = {
+        "command": command.strip(),
+        "settings": {k: v for k, v in vars(args).items()},
+        "input_hw": list(hw),
+        "folds": [[s.image_id for s in val] for _, val in splits],
+        "baseline_curves": {str(f): runner.curve(f) for f in folds},
+        "rows": rows,
+        "cells": results,
+        "repeats": repeats,
+        "not_run": missing,
+        "kitti_protocol": runner.kitti_protocol,
+        "seconds": time.perf_counter() - started,
+    }
+    out = Path(args.out)
+    write_text(out / "results.json", json.dumps(report, indent=2, default=str) + "\n")
+    table = markdown(report, args)
+    write_text(out / "results.md", f"# Accuracy at the cut\n\n`{report['command']}`\n\n{table}\n")
+    plot_vs_flops(rows, out / "accuracy_vs_flops.png")
+    plot_curves(report["baseline_curves"], out / "baseline_curve.png")
+    print()
+    print(table)
+    log(f"wrote {out / 'results.json'}, {out / 'results.md'} and plots")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except DetpruneError as err:
+        print(f"accuracy: error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,329 @@
+"""The cells of benchmarks/accuracy.py: fold baselines and pruned, fine-tuned variants, each cached as json.
+
+A cell is (FLOPs target, criterion, allocation, plain/distilled fine-tune, seed) on one fold:
+score the fold baseline's channels on the fold's training frames, prune a copy, fine-tune it
+for the equal budget, take the LAST epoch, evaluate on the held-out fold, count params and
+FLOPs, and time it on ONNX Runtime interleaved with the unpruned baseline of that fold.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import inspect
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from detprune.data.types import DetectionSet
+from detprune.errors import DetpruneError
+from detprune.utils.atomic import write_text
+
+STRIDE = 32
+
+
+def rect_hw(dataset: DetectionSet, width: int, stride: int = STRIDE) -> tuple[int, int]:
+    """ultralytics' rect batch shape for images this wide: the widest aspect ratio, height rounded up to the stride.
+
+    ``set_rectangle`` takes the batch's largest h/w ratio and ``ceil(ratio * imgsz / stride) * stride``
+    (no extra pad in training); every kitti_tiny frame gives 375/1242 -> 640x224.
+    """
+    ratio = max(s.height / s.width for s in dataset.samples)
+    if ratio > 1:
+        raise DetpruneError("rect input here assumes landscape frames (height < width)")
+    return int(math.ceil(ratio * width / stride) * stride), int(width)
+
+
+@dataclass(frozen=True)
+class Cell:
+    target: float
+    criterion: str
+    allocation: str
+    distill: bool
+    seed: int
+    replica: str = ""  # "rerun": the same settings trained again from scratch in its own folder
+
+    def name(self) -> str:
+        mode = "distill" if self.distill else "plain"
+        return f"{self.criterion}-{self.allocation}-{mode}-seed{self.seed}" + (f"-{self.replica}" if self.replica else "")
+
+    def label(self) -> str:
+        return f"flops {self.target:g} {self.name()}"
+
+    def describe(self) -> dict:
+        return asdict(self)
+
+
+def _accepts(function: Callable, name: str) -> bool:
+    return name in inspect.signature(function).parameters
+
+
+def criterion_options(name: str, seed: int) -> dict:
+    from detprune.criteria import get_criterion
+
+    accepted = set(inspect.signature(type(get_criterion(name)).__init__).parameters)
+    return {k: v for k, v in (("seed", seed), ("progress", False)) if k in accepted}
+
+
+def metrics_of(result: dict, class_names: list[str]) -> dict:
+    """Points (AP x 100) of the reported columns from ``adapter.evaluate``'s dict."""
+
+    def pt(value):
+        return None if value is None else 100.0 * float(value)
+
+    kitti = result.get("kitti") or {}
+    row = {"mAP50": pt(result.get("mAP50")), "mAP50-95": pt(result.get("mAP")), "AP_small": pt(result.get("AP_small"))}
+    for name in class_names:
+        row[f"AP {name}"] = pt((result.get("per_class_AP") or {}).get(name))
+    for level in ("moderate", "hard"):
+        row[f"KITTI {level}"] = pt((kitti.get("mean") or {}).get(level))
+    return row
+
+
+class Runner:
+    """Trains, caches and measures the baselines and cells of one benchmark run."""
+
+    def __init__(self, args, adapter, dataset: DetectionSet, splits, hw: tuple[int, int], key: Callable, log: Callable):
+        self.args, self.adapter, self.dataset, self.splits, self.hw = args, adapter, dataset, splits, hw
+        self.key, self.log = key, log
+        self.out = Path(args.out)
+        self.kitti_protocol = None
+        self._baselines: dict[int, tuple[Any, dict]] = {}
+
+    # --- training ---------------------------------------------------------------------
+    def train_options(self, seed: int) -> dict:
+        """ultralytics' trainer at rect 640 wide: no mosaic (rect turns it off), shuffled, seeded batches.
+
+        All kitti_tiny frames share one rect batch shape, so ultralytics keeps shuffling on. SGD
+        with a one-epoch warm-up; ``workers=0`` keeps augmentation in this process, seeded.
+        """
+        a = self.args
+        return {"imgsz": a.width, "rect": True, "batch": a.batch, "lr0": a.lr, "seed": seed, "warmup_epochs": 1,
+                "deterministic": True, "workers": 0, "plots": False}
+
+    def train(self, model, fold: int, epochs: int, out_dir: Path, seed: int, *, every_epoch: bool, teacher=None):
+        """Train ``epochs`` on the fold's training frames; return the model after the LAST epoch."""
+        from ultralytics.nn.tasks import load_checkpoint
+
+        from detprune.data.convert import write_yolo_dataset
+        from detprune.train.yolo_trainer import finetune_yolo
+
+        train, val = self.splits[fold]
+        data = write_yolo_dataset(train, val, out_dir / "dataset")
+        options = {**self.train_options(seed), "val": every_epoch, "exist_ok": True}
+        if teacher is not None:
+            options[distill_keyword()] = teacher
+        result = finetune_yolo(model, data, epochs=epochs, out_dir=out_dir / "finetune", **options)
+        torch.set_num_threads(self.args.threads)
+        last, _ = load_checkpoint(str(result.last))
+        for p in last.parameters():
+            p.requires_grad_(p.is_floating_point())
+        return self.adapter.prepare_for_pruning(last.float()), result.run_dir
+
+    # --- baselines --------------------------------------------------------------------
+    def baseline_settings(self, fold: int) -> dict:
+        import ultralytics
+
+        a = self.args
+        return {"model": a.model, "weights": str(a.weights), "data": str(Path(a.data).resolve()), "folds": a.folds,
+                "fold_seed": a.fold_seed, "fold": fold, "epochs": a.baseline_epochs, "hw": list(self.hw),
+                "threads": a.threads, "ultralytics": ultralytics.__version__, "torch": torch.__version__,
+                **self.train_options(a.seed)}
+
+    def baseline_dir(self, fold: int) -> Path:
+        return self.out / "cache" / f"baseline-{self.key(self.baseline_settings(fold))}"
+
+    def baseline(self, fold: int):
+        """(model, info) of the fold's baseline, trained once and cached under a key of every setting."""
+        if fold in self._baselines:
+            return self._baselines[fold]
+        folder = self.baseline_dir(fold)
+        checkpoint = folder / "baseline.pt"
+        if checkpoint.is_file():
+            model = self.adapter.prepare_for_pruning(self.adapter.load_checkpoint(checkpoint))
+            info = json.loads((folder / "info.json").read_text())
+            self.log(f"baseline fold {fold}: cached {checkpoint}")
+        else:
+            a = self.args
+            train, _ = self.splits[fold]
+            self.log(f"baseline fold {fold}: training {a.baseline_epochs} epochs on {len(train)} frames at "
+                     f"{self.hw[1]}x{self.hw[0]}")
+            tick = time.perf_counter()
+            model = self.adapter.load(a.model, weights=a.weights, class_names=self.dataset.class_names)
+            model, run_dir = self.train(model, fold, a.baseline_epochs, folder, a.seed, every_epoch=True)
+            info = {"settings": self.baseline_settings(fold), "curve": read_curve(run_dir / "results.csv"),
+                    "seconds": time.perf_counter() - tick}
+            self.adapter.save(model, checkpoint, meta={"accuracy_baseline": info["settings"]})
+            write_text(folder / "info.json", json.dumps(info, indent=2) + "\n")
+            self.log(f"baseline fold {fold}: trained in {info['seconds']:.0f} s; last val mAP50 "
+                     f"{_last(info['curve'], 'mAP50')} (ultralytics validator)")
+        self._baselines[fold] = (model, info)
+        return model, info
+
+    def curve(self, fold: int) -> list[dict]:
+        return self.baseline(fold)[1]["curve"]
+
+    def baseline_onnx(self, fold: int) -> Path:
+        path = self.baseline_dir(fold) / "baseline.onnx"
+        if not path.is_file():
+            self.export(self.baseline(fold)[0], path)
+        return path
+
+    # --- cells ------------------------------------------------------------------------
+    def past_stop(self) -> bool:
+        """Whether the wall clock (UTC) is past ``--stop-at`` (HH:MM, today)."""
+        if not self.args.stop_at:
+            return False
+        now = time.gmtime()
+        hour, minute = (int(x) for x in self.args.stop_at.split(":"))
+        return (now.tm_hour, now.tm_min) >= (hour, minute)
+
+    def cell_dir(self, cell: Cell, fold: int) -> Path:
+        return self.out / "cells" / f"flops{cell.target:g}" / cell.name() / f"fold{fold}"
+
+    def cell_settings(self, cell: Cell, fold: int) -> dict:
+        return {**self._settings(fold), **cell.describe(), **self.train_options(cell.seed)}
+
+    def is_cached(self, cell: Cell, fold: int) -> bool:
+        return self._cached(self.cell_dir(cell, fold), self.cell_settings(cell, fold)) is not None
+
+    def unsupported(self, cell: Cell) -> str | None:
+        from detprune.pruning import prune_model
+
+        if cell.allocation != "global" and not _accepts(prune_model, "allocation"):
+            return f"allocation '{cell.allocation}' is not in this prune_model yet"
+        if cell.distill and distill_keyword() is None:
+            return "distilled fine-tuning is not in this finetune_yolo yet"
+        return None
+
+    def _cached(self, folder: Path, settings: dict) -> dict | None:
+        done = folder / "result.json"
+        if done.is_file():
+            cached = json.loads(done.read_text())
+            if cached.get("settings") == settings:
+                return {**cached, "cached": True}
+        return None
+
+    def _finish(self, folder: Path, settings: dict, kind: str, fold: int, model, extra: dict, tick: float) -> dict:
+        evaluated = self.adapter.evaluate(model, self.splits[fold][1], imgsz=self.hw, batch_size=self.args.batch,
+                                          progress=False)
+        self.kitti_protocol = (evaluated.get("kitti") or {}).get("protocol", "exact")
+        from detprune.workflow.measure import model_cost
+
+        cost = model_cost(self.adapter, model, self.hw)
+        base_cost = model_cost(self.adapter, self.baseline(fold)[0], self.hw)
+        result = {"settings": settings, "kind": kind, "fold": fold, **extra,
+                  "metrics": metrics_of(evaluated, list(self.dataset.class_names)),
+                  "kitti_protocol": self.kitti_protocol, "params": cost.params, "flops": cost.flops,
+                  "flops_kept": cost.flops / base_cost.flops, "latency": self.latency(model, fold, folder)}
+        result["seconds"] = {**result.get("seconds", {}), "total": time.perf_counter() - tick}
+        write_text(folder / "result.json", json.dumps(result, indent=2) + "\n")
+        return result
+
+    def _settings(self, fold: int, **more) -> dict:
+        a = self.args
+        return {"baseline": self.baseline_dir(fold).name, "fold": fold, "epochs": a.finetune_epochs, "hw": list(self.hw),
+                "latency_runs": a.latency_runs, "round_to": a.round_to, **more}
+
+    def unpruned(self, fold: int) -> dict:
+        folder = self.out / "cells" / "unpruned" / f"fold{fold}"
+        settings = {**self._settings(fold), "epochs": 0}
+        cached = self._cached(folder, settings)
+        if cached:
+            return cached
+        tick = time.perf_counter()
+        return self._finish(folder, settings, "unpruned", fold, self.baseline(fold)[0], {}, tick)
+
+    def same_budget(self, fold: int) -> dict:
+        """The baseline trained ``--finetune-epochs`` more with the fine-tunes' settings."""
+        a = self.args
+        folder = self.out / "cells" / "same_budget" / f"fold{fold}"
+        settings = {**self._settings(fold), **self.train_options(a.seed)}
+        cached = self._cached(folder, settings)
+        if cached:
+            return cached
+        tick = time.perf_counter()
+        model, _ = self.train(copy.deepcopy(self.baseline(fold)[0]), fold, a.finetune_epochs, folder, a.seed,
+                              every_epoch=False)
+        result = self._finish(folder, settings, "same_budget", fold, model, {}, tick)
+        self.log(f"same budget fold {fold}: mAP50 {result['metrics']['mAP50']:.1f} in {result['seconds']['total']:.0f} s")
+        return result
+
+    def cell(self, cell: Cell, fold: int) -> dict:
+        from detprune.pruning import prune_model
+        from detprune.workflow.stages import score_channels
+
+        a = self.args
+        folder, settings = self.cell_dir(cell, fold), self.cell_settings(cell, fold)
+        cached = self._cached(folder, settings)
+        if cached:
+            return cached
+        tick = time.perf_counter()
+        base = self.baseline(fold)[0]
+        model = copy.deepcopy(base)
+        train = self.splits[fold][0]
+        scores = score_channels(self.adapter, model, train, cell.criterion, imgsz=self.hw, batch_size=a.batch,
+                                **criterion_options(cell.criterion, cell.seed))
+        scored = time.perf_counter()
+        allocation = {"allocation": cell.allocation} if _accepts(prune_model, "allocation") else {}
+        pruned = prune_model(self.adapter, model, scores, target_flops=cell.target, round_to=a.round_to, imgsz=self.hw,
+                             **allocation)
+        teacher = copy.deepcopy(base) if cell.distill else None
+        tuned, _ = self.train(pruned.model, fold, a.finetune_epochs, folder, cell.seed, every_epoch=False, teacher=teacher)
+        extra = {"seconds": {"score": scored - tick, "train": time.perf_counter() - scored}}
+        return self._finish(folder, settings, "pruned", fold, tuned, extra, tick)
+
+    # --- cost -------------------------------------------------------------------------
+    def export(self, model, path: Path) -> Path:
+        from detprune.export.onnx import export_onnx
+
+        example = self.adapter.example_inputs(model, self.hw, batch_size=1)
+        export_onnx(self.adapter.export_module(model), example, path, check=False)
+        return path
+
+    def latency(self, model, fold: int, folder: Path) -> dict:
+        """ONNX Runtime CPU medians of this model and the fold's unpruned one, timed in turn (interleaved)."""
+        if not self.args.latency_runs:
+            return {}
+        from detprune.export.latency import onnxruntime_side_by_side
+
+        path = self.export(model, folder / "model.onnx")
+        runs = self.args.latency_runs
+        stats = onnxruntime_side_by_side({"unpruned": self.baseline_onnx(fold), "model": path},
+                                         [1, 3, *self.hw], warmup=max(3, runs // 10), runs=runs, threads=self.args.threads)
+        path.unlink()
+        ms, base_ms = stats["model"].median_ms, stats["unpruned"].median_ms
+        return {"median_ms": ms, "unpruned_median_ms": base_ms, "ratio": ms / base_ms, "runs": runs,
+                "threads": self.args.threads}
+
+
+def distill_keyword() -> str | None:
+    """The teacher argument of ``finetune_yolo`` once distillation lands there (None before)."""
+    from detprune.train.yolo_trainer import finetune_yolo
+
+    for name in ("teacher", "teacher_model", "distill_from"):
+        if _accepts(finetune_yolo, name):
+            return name
+    return None
+
+
+def read_curve(path: Path) -> list[dict]:
+    """Per-epoch validation from ultralytics' results.csv: epoch, mAP50, mAP50-95 (points)."""
+    if not path.is_file():
+        return []
+    curve = []
+    with path.open() as f:
+        for row in csv.DictReader(f):
+            row = {k.strip(): v for k, v in row.items()}
+            curve.append({"epoch": int(float(row["epoch"])), "mAP50": 100 * float(row["metrics/mAP50(B)"]),
+                          "mAP50-95": 100 * float(row["metrics/mAP50-95(B)"])})
+    return curve
+
+
+def _last(curve: list[dict], key: str) -> str:
+    return f"{curve[-1][key]:.1f}" if curve else "-"
