@@ -7,9 +7,9 @@ table decomposes the gap between the two numbers:
 
   re-run here                          ultralytics' loader images, NMS and metric outside the validator
   predicted boxes clipped              detprune's predict clips them into the image
-  detprune's rect letterbox images     resized size rounded (the val loader takes the ceiling)
+  detprune's predict, rect, multi-label  detprune's own images and predict, set as ultralytics' val
   pycocotools, 300 then 100 dets       COCO matching and AP; then maxDets 100 (per image and class)
-  single-label NMS                     detprune's predict (ultralytics' val NMS is multi-label)
+  single-label NMS                     detprune's default (multi_label=False; ultralytics' val is multi-label)
   ignore regions kept                  Van, Person_sitting, DontCare (the YOLO export drops them)
   square letterbox                     = detprune's default evaluation
   NMS IoU 0.6, then max_det 100        the former defaults
@@ -50,7 +50,6 @@ from ultralytics.utils.metrics import DetMetrics, box_iou  # noqa: E402
 from ultralytics.utils.nms import non_max_suppression  # noqa: E402
 
 from detprune.adapters.yolo import YoloAdapter  # noqa: E402
-from detprune.data.batch import iter_batches  # noqa: E402
 from detprune.data.convert import split_by_ids, write_yolo_dataset  # noqa: E402
 from detprune.data.loader import load_dataset, read_id_list  # noqa: E402
 from detprune.data.types import DetectionSet, Detections, Sample  # noqa: E402
@@ -127,16 +126,6 @@ def loader_predictions(model, data_yaml: Path, dataset: DetectionSet, imgsz: int
     return predictions
 
 
-def rect_predictions(model, dataset: DetectionSet, imgsz: int, batch_size: int) -> list[Detections]:
-    """detprune's rect batches through :func:`nms`, clipped as detprune's predict."""
-    predictions = []
-    with torch.no_grad():
-        for batch in iter_batches(dataset, imgsz, batch_size, letterbox="rect"):
-            for row, lb in zip(nms(model(batch.images)), batch.letterboxes):
-                predictions.append(Detections(lb.to_original(row[:, :4]), row[:, 4], row[:, 5].astype(np.int64)))
-    return clipped(dataset, predictions)
-
-
 def ultralytics_metric(dataset: DetectionSet, predictions: list[Detections], work: Path) -> tuple[float, float]:
     """(mAP50, mAP50-95) of ultralytics' validator's matching and AP (DetMetrics) on these predictions."""
     validator = DetectionValidator(save_dir=work)  # for match_predictions and its 10 IoU thresholds
@@ -191,16 +180,15 @@ def run(args) -> dict:
     loaded = loader_predictions(model, data_yaml, val, args.imgsz, args.batch)
     rows.append(("re-run here: ultralytics' loader images, NMS and metric", *ultralytics_metric(exported, loaded, work)))
     rows.append(("predicted boxes clipped into the image", *ultralytics_metric(exported, clipped(val, loaded), work)))
-    multi = rect_predictions(model, val, args.imgsz, args.batch)
-    rows.append(("detprune's rect letterbox images (size rounded)", *ultralytics_metric(exported, multi, work)))
-    rows.append(("pycocotools, 300 detections an image", *coco_at(exported, multi, 300)))
-    rows.append(("pycocotools, 100 detections an image (detprune's COCO protocol)", *detprune_map(exported, multi)))
-
     def predict(**kw):
         return adapter.predictions(model, val, imgsz=args.imgsz, batch_size=args.batch, progress=False, **kw)
 
+    multi = predict(iou=0.7, max_det=300, letterbox="rect", multi_label=True)
+    rows.append(("detprune's predict: rect letterbox, multi-label NMS", *ultralytics_metric(exported, multi, work)))
+    rows.append(("pycocotools, 300 detections an image", *coco_at(exported, multi, 300)))
+    rows.append(("pycocotools, 100 detections an image (detprune's COCO protocol)", *detprune_map(exported, multi)))
     single = predict(iou=0.7, max_det=300, letterbox="rect")
-    rows.append(("single-label NMS (detprune's predict)", *detprune_map(exported, single)))
+    rows.append(("single-label NMS (detprune's default, multi_label off)", *detprune_map(exported, single)))
     rows.append(("ignore regions kept (crowd boxes)", *detprune_map(val, single)))
     for label, iou, max_det, letterbox in [("square letterbox (= detprune's default evaluation)", 0.7, 300, "square"),
                                            ("NMS IoU 0.6 (former default)", 0.6, 300, "square"),

@@ -17,9 +17,15 @@ LETTERBOX_MODES = ("square", "rect")
 # at most 300 per image.
 EVAL_CONF = 0.001
 EVAL_MAX_DET = 300
-# ultralytics' NMS IoU of val and predict (cfg/default.yaml), so that a YOLO model scores here
-# what 'yolo val' gives it. Faster R-CNN keeps its box head's own (torchvision builds 0.5).
+# ultralytics' NMS IoU of val and predict (cfg/default.yaml). Faster R-CNN keeps its box head's
+# own (torchvision builds 0.5). This alone does not make a YOLO score 'yolo val''s: by default
+# detprune's NMS keeps one class a box (val's keeps every class above conf: EVAL_MULTI_LABEL,
+# --multi-label), its letterbox is square (val's is rect: --letterbox rect), and its AP is
+# pycocotools' with KITTI's ignore regions as crowd boxes. docs/benchmarks.md ("Agreement with
+# ultralytics' validator") measures each of these differences.
 YOLO_NMS_IOU = 0.7
+# One detection per box (its best class), as ultralytics' predict; True is ultralytics' val.
+EVAL_MULTI_LABEL = False
 
 # What an evaluation may run on (``detprune eval --split``).
 EVAL_SPLITS = ("val", "train", "all")

@@ -66,7 +66,7 @@ def test_recipe_parses_into_a_valid_run(parser, recipe: Path):
     for name, value in load_recipe(recipe).items():
         assert getattr(args, name) == value
     if args.command == "prune":
-        from detprune.commands.prune import _pick_target, _validate
+        from detprune.commands.prune_options import pick_target as _pick_target, validate as _validate
 
         _pick_target(args)
         _validate(args)  # one target, values in range: the run would start

@@ -17,7 +17,7 @@ from torch import nn
 from detprune.data.batch import Batch
 from detprune.data.types import DetectionSet, Detections
 
-from detprune.defaults import EVAL_CONF, EVAL_MAX_DET  # noqa: F401  (re-exported)
+from detprune.defaults import EVAL_CONF, EVAL_MAX_DET, EVAL_MULTI_LABEL  # noqa: F401  (re-exported)
 
 
 class DetectorAdapter(ABC):
@@ -77,7 +77,7 @@ class DetectorAdapter(ABC):
 
     @abstractmethod
     def predict(self, model: nn.Module, batch: Batch, *, conf: float = EVAL_CONF, iou: float | None = None,
-                max_det: int = EVAL_MAX_DET, multi_label: bool = False) -> list[Detections]:
+                max_det: int = EVAL_MAX_DET, multi_label: bool = EVAL_MULTI_LABEL) -> list[Detections]:
         """Post-processed detections, in original-image pixels, one per image (``iou=None``: :attr:`nms_iou`).
 
         ``multi_label``: a box scoring above ``conf`` in several classes gives one detection per
@@ -121,7 +121,7 @@ class DetectorAdapter(ABC):
         conf: float = EVAL_CONF,
         iou: float | None = None,
         max_det: int = EVAL_MAX_DET,
-        multi_label: bool = False,
+        multi_label: bool = EVAL_MULTI_LABEL,
         letterbox: str = "square",
         kitti_protocol: str | None = None,
     ) -> dict:
@@ -146,7 +146,7 @@ class DetectorAdapter(ABC):
         conf: float = EVAL_CONF,
         iou: float | None = None,
         max_det: int = EVAL_MAX_DET,
-        multi_label: bool = False,
+        multi_label: bool = EVAL_MULTI_LABEL,
         letterbox: str = "square",
     ) -> list[Detections]:
         """:meth:`predict` over ``dataset`` in order, one :class:`Detections` per image."""

@@ -27,7 +27,7 @@ from detprune.adapters.base import DetectorAdapter
 from detprune.adapters.rcnn_rewrites import freeze_batchnorm, unfreeze_batchnorm
 from detprune.data.batch import Batch, as_hw
 from detprune.data.types import Detections
-from detprune.defaults import EVAL_CONF, EVAL_MAX_DET
+from detprune.defaults import EVAL_CONF, EVAL_MAX_DET, EVAL_MULTI_LABEL
 from detprune.errors import BadInputError, UnsupportedError
 from detprune.utils.checkpoints import current_policy
 
@@ -182,7 +182,7 @@ class RcnnAdapter(DetectorAdapter):
 
     def predict(
         self, model: nn.Module, batch: Batch, *, conf: float = EVAL_CONF, iou: float | None = None, max_det: int = EVAL_MAX_DET,
-        multi_label: bool = False,
+        multi_label: bool = EVAL_MULTI_LABEL,
     ) -> list[Detections]:
         """Detections of the second stage: ``conf``, ``iou`` and ``max_det`` set the box head's
         ``score_thresh``, per-class ``nms_thresh`` and ``detections_per_img`` for the call;

@@ -25,7 +25,7 @@ from detprune.adapters import yolo_objective as objective
 from detprune.adapters.yolo_rewrites import SPLIT_TYPES, reset_head_caches, split_blocks
 from detprune.data.batch import Batch, as_hw
 from detprune.data.types import Detections
-from detprune.defaults import EVAL_CONF, EVAL_MAX_DET, YOLO_NMS_IOU
+from detprune.defaults import EVAL_CONF, EVAL_MAX_DET, EVAL_MULTI_LABEL, YOLO_NMS_IOU
 from detprune.errors import BadInputError, UnsupportedError
 
 LOGGER = logging.getLogger(__name__)
@@ -198,7 +198,7 @@ class YoloAdapter(DetectorAdapter):
 
     def predict(
         self, model: nn.Module, batch: Batch, *, conf: float = EVAL_CONF, iou: float | None = None, max_det: int = EVAL_MAX_DET,
-        multi_label: bool = False,
+        multi_label: bool = EVAL_MULTI_LABEL,
     ) -> list[Detections]:
         """ultralytics' NMS; ``iou=None`` is :attr:`nms_iou`, 0.7 as ultralytics' val and predict use.
         ``multi_label``: one detection per class above ``conf`` for a box, as ultralytics' val."""

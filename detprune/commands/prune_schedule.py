@@ -98,7 +98,7 @@ def schedule_stage(state) -> None:
     """Score, cut and train step by step (replaces prune's score, prune and fine-tune stages)."""
     import torch
 
-    from detprune.commands.prune import allocation
+    from detprune.commands.prune_options import allocation
     from detprune.commands.shared import resolve_device
     from detprune.workflow.progressive import run_schedule
 
