@@ -226,7 +226,7 @@ def test_convert_writes_an_evaluation_only_set_ultralytics_validates(synthetic_k
 def test_rect_letterbox_of_a_kitti_frame(tmp_path):
     # ultralytics' val rect for one 1242x375 frame at 640, stride 32: h/w = 375/1242 = 0.3019;
     # height ceil(0.3019 * 640 / 32 + 0.5) * 32 = ceil(6.54) * 32 = 224, width
-    # ceil(640 / 32 + 0.5) * 32 = 21 * 32 = 672. The frame itself is resized to 640x193.
+    # ceil(640 / 32 + 0.5) * 32 = 21 * 32 = 672. The frame itself is resized to 640x194 (see test_eval_options).
     assert rect_shape([(375, 1242)], 640) == (224, 672)
     assert rect_shape([(375, 1242), (370, 1224)], 640) == (224, 672)
     assert rect_shape([(1242, 375)], 640) == (672, 224)  # portrait: the same, turned
