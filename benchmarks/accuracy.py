@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from accuracy_report import METRICS, markdown, plot_curves, plot_vs_flops, summarise  # noqa: E402
+from accuracy_report import baseline_table, markdown, plot_curves, plot_vs_flops, repeat_table, summarise  # noqa: E402
 from detprune.adapters.yolo import YoloAdapter  # noqa: E402
 from detprune.criteria import get_criterion  # noqa: E402
 from detprune.data.folds import kfold_splits  # noqa: E402
@@ -117,6 +117,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in args.criteria:
         get_criterion(name)  # an unknown name fails here, before any training
     return args
+
+
+def small_objects(dataset) -> int:
+    """Objects COCO calls small (area under 32x32 px in the original image), ignore regions left out."""
+    total = 0
+    for sample in dataset:
+        w = sample.boxes[:, 2] - sample.boxes[:, 0]
+        h = sample.boxes[:, 3] - sample.boxes[:, 1]
+        total += int(((w * h < 32 * 32) & ~sample.ignore).sum())
+    return total
 
 
 def settings_key(settings: dict) -> str:
@@ -232,20 +242,26 @@ def main(argv: list[str] | None = None) -> int:
             repeats += found
             missing += skipped
 
-    # then the first criterion across the other axes, before the other criteria there
-    rest = sorted((c for c in cells if c not in first_block), key=lambda c: c.criterion != cells[0].criterion)
+    # then the first criterion across the other axes; the best configuration so far at the other
+    # targets; last the other criteria across the other axes
+    rest = [c for c in cells if c not in first_block and c.criterion == cells[0].criterion]
     found, skipped = run_cells(rest, folds, runner, log, "cell")
     results += found
     missing += skipped
 
-    rows = summarise(results)
-    best = best_configuration(rows, args.target, args.seed)
-    extra: list[Cell] = []
+    best = best_configuration(summarise(results), args.target, args.seed)
     if best is not None:
+        log(f"best at {args.target:g} so far: {best['criterion']} / {best['allocation']} / "
+            f"{'distill' if best['distill'] else 'plain'} (mAP50 {best['mAP50']['mean']:.1f})")
         extra = [Cell(t, best["criterion"], best["allocation"], best["distill"], args.seed) for t in args.extra_targets]
         found, skipped = run_cells(extra, folds, runner, log, "extra")
         results += found
         missing += skipped
+
+    rest = [c for c in cells if c not in first_block and c.criterion != cells[0].criterion]
+    found, skipped = run_cells(rest, folds, runner, log, "cell")
+    results += found
+    missing += skipped
     rows = summarise(results + repeats)
     command = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv)
     report = {
@@ -253,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {k: v for k, v in vars(args).items()},
         "input_hw": list(hw),
         "folds": [[s.image_id for s in val] for _, val in splits],
+        "fold_sizes": [len(val) for _, val in splits],
+        "small_objects": [small_objects(val) for _, val in splits],
         "baseline_curves": {str(f): runner.curve(f) for f in folds},
         "rows": rows,
         "cells": results,
@@ -264,7 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     write_text(out / "results.json", json.dumps(report, indent=2, default=str) + "\n")
     table = markdown(report, args)
-    write_text(out / "results.md", f"# Accuracy at the cut\n\n`{report['command']}`\n\n{table}\n")
+    extra_md = f"\nBaselines per fold:\n\n{baseline_table(report)}"
+    if report["repeats"]:
+        extra_md += f"\nRun-to-run:\n\n{repeat_table(report)}"
+    write_text(out / "results.md", f"# Accuracy at the cut\n\n`{report['command']}`\n\n{table}{extra_md}\n")
     plot_vs_flops(rows, out / "accuracy_vs_flops.png")
     plot_curves(report["baseline_curves"], out / "baseline_curve.png")
     print()

@@ -87,7 +87,45 @@ def markdown(report: dict, args) -> str:
     for item in report.get("not_run", []):
         fold = f" fold {item['fold']}" if "fold" in item else ""
         lines.append(f"- not run: flops {item['target']:g} {item['criterion']} / {item['allocation']} / "
-                     f"{'distill' if item['distill'] else 'plain'}{fold}: {item['reason']}")
+                     f"{'distill' if item['distill'] else 'plain'}, seed {item['seed']}"
+                     f"{' rerun' if item.get('replica') else ''}{fold}: {item['reason']}")
+    return "\n".join(lines) + "\n"
+
+
+def baseline_table(report: dict) -> str:
+    """Per fold: the baseline's held-out scores, the small objects it could find, how flat its curve ended."""
+    lines = ["| fold | val frames | small objects | mAP50 | AP_small | val mAP50, last 5 epochs | gain over the 10 before |",
+             "|---|---|---|---|---|---|---|"]
+    unpruned = {c["fold"]: c for c in report["cells"] if c["kind"] == "unpruned"}
+    for fold, curve in sorted(report["baseline_curves"].items(), key=lambda kv: int(kv[0])):
+        cell = unpruned.get(int(fold))
+        if cell is None:
+            continue
+        tail = [p["mAP50"] for p in curve[-5:]]
+        before = [p["mAP50"] for p in curve[-15:-5]]
+        gain = statistics.fmean(tail) - statistics.fmean(before) if tail and before else None
+        m = cell["metrics"]
+        lines.append(f"| {fold} | {report['fold_sizes'][int(fold)]} | {report['small_objects'][int(fold)]} | {fmt(m['mAP50'])} "
+                     f"| {fmt(m['AP_small'])} | {fmt(statistics.fmean(tail) if tail else None)} | "
+                     f"{'-' if gain is None else f'{gain:+.1f}'} |")
+    return "\n".join(lines) + "\n"
+
+
+def repeat_table(report: dict) -> str:
+    """The first configuration on fold 0 against its repeats (same seed from scratch; another seed)."""
+    repeats = report.get("repeats") or []
+    if not repeats:
+        return ""
+    first = repeats[0]["settings"]
+    original = [c for c in report["cells"] if c["kind"] == "pruned" and c["fold"] == 0
+                and all(c["settings"].get(k) == first.get(k) for k in ("target", "criterion", "allocation", "distill"))
+                and c["settings"].get("seed") == report["settings"]["seed"] and not c["settings"].get("replica")]
+    lines = ["| run (fold 0) | " + " | ".join(METRICS[:3]) + " | FLOPs kept |", "|---|---|---|---|---|"]
+    for cell in original + repeats:
+        s = cell["settings"]
+        name = f"seed {s['seed']}" + (" (rerun from scratch)" if s.get("replica") else "")
+        lines.append(f"| {name} | " + " | ".join(fmt(cell["metrics"][c], 2) for c in METRICS[:3])
+                     + f" | {cell['flops_kept']:.2%} |")
     return "\n".join(lines) + "\n"
 
 

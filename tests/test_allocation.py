@@ -247,7 +247,7 @@ def test_widths_come_from_the_other_criterion_and_channels_from_its_own(v8n):
     assert abs(mixed.achieved["flops"] - 0.5) <= 0.01 and mixed.predicted == mixed.after
     # and within each group, the lowest-scored channels by the random scores
     coupled = enumerate_groups(model, adapter.example_inputs(model, IMGSZ), adapter.protected_layers(model))
-    orders = removal_orders(coupled, group_scores(coupled, rand))
+    orders = removal_orders(coupled, group_scores(coupled, rand, mixed.settings["normalisation"]))
     by_root = {g.root: g for g in coupled.groups}
     for r in mixed.removed:
         g = by_root[r.root]

@@ -53,9 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     limits.add_argument("--round-to", type=int, default=8, help="kept channels are a multiple of this: 8 (default), 16, 32; 1 = any")
     limits.add_argument("--min-channels", type=int, default=8, help="no group keeps fewer channels (default 8)")
     limits.add_argument("--max-ratio", type=float, default=0.8, help="no group loses more than this fraction (default 0.8)")
-    limits.add_argument("--normalisation", choices=("l2", "l1", "max", "mean", "none"), default="l2",
-                        help="per-layer score normalisation before the global ranking (default l2; "
-                             "l2/l1 cut wide layers first, max/mean spread the cut)")
+    limits.add_argument("--normalisation", choices=("l2", "l1", "max", "mean", "none"), default=None,
+                        help="per-layer score normalisation before the allocation (default: l2 for global and "
+                             "uniform, which cut wide layers first; none for cost, whose knapsack needs the "
+                             "scores' own scale; max/mean spread a global cut)")
     after = parser.add_argument_group("fine-tune and evaluate (with --data)")
     after.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune the pruned model this many epochs (default 0)")
     after.add_argument("--finetune-batch", type=int, default=None, help="fine-tuning batch size (default: the trainer's)")

@@ -17,8 +17,10 @@ met by bisection over the path's length (:mod:`detprune.pruning.targets`), so it
 within one block, like the other allocations.
 
 Importance is the groups' per-position scores as :func:`detprune.pruning.allocation.group_scores`
-gives them: normalised per layer (``normalisation``), so they compare across groups on the
-same axis as the global ranking. The limits (``min_channels``, ``max_ratio``, ``round_to``)
+gives them, by default on their own scale (``normalisation="none"``): HALP's importance is a
+Taylor estimate of the loss change, comparable across layers as it is, and per-layer
+normalisation would price a thin, costly early layer's channels like a wide layer's
+(:func:`detprune.pruning.allocation.default_normalisation`). The limits (``min_channels``, ``max_ratio``, ``round_to``)
 are the allowed widths of :meth:`Limits.allowed_kept`.
 """
 

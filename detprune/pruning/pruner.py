@@ -43,6 +43,7 @@ from detprune.pruning.allocation import (
     group_scores,
     plan_from_kept,
     removal_orders,
+    default_normalisation,
     resolve_allocation,
     select_channels,
 )
@@ -132,7 +133,7 @@ def prune_model(
     round_to: int = DEFAULT_ROUND_TO,
     min_channels: int = DEFAULT_MIN_CHANNELS,
     max_ratio: float = DEFAULT_MAX_RATIO,
-    normalisation: str = "l2",
+    normalisation: str | None = None,
     imgsz: int | Sequence[int] = 320,
     tolerance: float = DEFAULT_TOLERANCE,
 ) -> PruneResult:
@@ -153,6 +154,7 @@ def prune_model(
     """
     limits = Limits(round_to=round_to, min_channels=min_channels, max_ratio=max_ratio)
     allocation = resolve_allocation(allocation, global_ranking)
+    normalisation = normalisation or default_normalisation(allocation)
     if normalisation not in NORMALISATIONS:
         raise DetpruneError(f"unknown normalisation {normalisation!r}; choose from {', '.join(NORMALISATIONS)}")
     target = make_target(ratio=ratio, target_flops=target_flops, target_params=target_params)
