@@ -91,6 +91,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--latency-runs", type=int, default=30, help="interleaved ONNX Runtime runs per model pair (0 = none)")
     p.add_argument("--stop-at", default=None,
                    help="UTC time HH:MM after which no new cell starts; the rest are listed as not run")
+    p.add_argument("--reevaluate", action="store_true",
+                   help="score every finished cell's saved model again with the installed evaluation code")
     p.add_argument("--baselines-only", action="store_true", help="train and cache the fold baselines, then stop")
     p.add_argument("--quick", action="store_true",
                    help="reduced check: fold 0 only, baseline 10 epochs, fine-tune 3, saliency,l1 global plain, no extras")
@@ -262,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     found, skipped = run_cells(rest, folds, runner, log, "cell")
     results += found
     missing += skipped
+    if args.reevaluate:
+        log(f"re-evaluating {len(results) + len(repeats)} finished cells with the installed evaluation code")
+        results = [runner.reevaluate(r) for r in results]
+        repeats = [runner.reevaluate(r) for r in repeats]
     rows = summarise(results + repeats)
     command = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv)
     report = {

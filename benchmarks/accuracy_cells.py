@@ -278,6 +278,35 @@ class Runner:
         extra = {"seconds": {"score": scored - tick, "train": time.perf_counter() - scored}}
         return self._finish(folder, settings, "pruned", fold, tuned, extra, tick)
 
+    def reevaluate(self, result: dict) -> dict:
+        """Evaluate a finished cell's saved model again with the evaluation code installed now.
+
+        For a run whose cells were measured while the evaluation code changed underneath: every
+        row is then scored by one protocol. Params, FLOPs and latency do not depend on it.
+        """
+        from ultralytics.nn.tasks import load_checkpoint
+
+        s, fold = result["settings"], result["fold"]
+        if result["kind"] == "unpruned":
+            folder, path = self.out / "cells" / "unpruned" / f"fold{fold}", self.baseline_dir(fold) / "baseline.pt"
+        else:
+            if result["kind"] == "same_budget":
+                folder = self.out / "cells" / "same_budget" / f"fold{fold}"
+            else:
+                cell = Cell(s["target"], s["criterion"], s["allocation"], s["distill"], s["seed"], s.get("replica", ""))
+                folder = self.cell_dir(cell, fold)
+            path = folder / "finetune" / "train" / "weights" / "last.pt"
+        model, _ = load_checkpoint(str(path))
+        evaluated = self.adapter.evaluate(model.float(), self.splits[fold][1], imgsz=self.hw, batch_size=self.args.batch,
+                                          progress=False)
+        self.kitti_protocol = (evaluated.get("kitti") or {}).get("protocol", "exact")
+        updated = {k: v for k, v in result.items() if k != "cached"}
+        updated.update(metrics=metrics_of(evaluated, list(self.dataset.class_names)), kitti_protocol=self.kitti_protocol,
+                       reevaluated=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                       first_metrics=result.get("first_metrics", result["metrics"]))
+        write_text(folder / "result.json", json.dumps(updated, indent=2) + "\n")
+        return {**updated, "cached": True}
+
     # --- cost -------------------------------------------------------------------------
     def export(self, model, path: Path) -> Path:
         from detprune.export.onnx import export_onnx

@@ -293,3 +293,16 @@ def test_rcnn_bad_teacher_is_refused_before_anything_is_written(rcnn, tmp_path, 
         rcnn["adapter"].finetune(copy.deepcopy(rcnn["student"]), rcnn["data"], epochs=1, out_dir=out,
                                  teacher=teacher(), progress=False)
     assert not out.exists()
+
+
+def test_prune_distils_only_when_asked():
+    """The benchmark's evidence set the default: off unless --distill (docs/benchmarks.md)."""
+    from argparse import Namespace
+
+    from detprune.commands.prune_options import distils
+
+    run = dict(finetune_epochs=5, schedule="one-shot")
+    assert not distils(Namespace(distill=None, **run))
+    assert not distils(Namespace(distill=False, **run))
+    assert distils(Namespace(distill=True, **run))
+    assert not distils(Namespace(distill=True, finetune_epochs=0, schedule="one-shot"))

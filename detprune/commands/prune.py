@@ -16,7 +16,7 @@ option of the run; ``--config`` reads it back). With ``--data``: ``report.json``
 on KITTI data, params, FLOPs, ONNX Runtime CPU latency, channels per layer, before and
 after), plots, ``original.onnx`` / ``pruned.onnx`` (the graphs timed), and with
 ``--finetune-epochs`` the fine-tuning run under ``finetune/`` (which distils from the
-model before the cut unless ``--no-distill``: :mod:`detprune.train.distill`). ``--schedule iterative`` or
+model before the cut with ``--distill``: :mod:`detprune.train.distill`). ``--schedule iterative`` or
 ``progressive`` cuts in steps with training between them (:mod:`detprune.commands.prune_schedule`).
 """
 
