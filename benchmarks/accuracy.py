@@ -32,7 +32,6 @@ Outputs in ``--out``: ``results.json``, ``results.md``, ``accuracy_vs_flops.png`
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -56,6 +55,8 @@ from detprune.data.loader import load_dataset  # noqa: E402
 from detprune.errors import DetpruneError  # noqa: E402
 from detprune.utils.atomic import write_text  # noqa: E402
 from accuracy_cells import Cell, Runner, rect_hw  # noqa: E402
+from compare_criteria import settings_key  # noqa: E402  (the same cache keys)
+from detprune.data.stats import size_bucket  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -123,16 +124,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def small_objects(dataset) -> int:
     """Objects COCO calls small (area under 32x32 px in the original image), ignore regions left out."""
-    total = 0
-    for sample in dataset:
-        w = sample.boxes[:, 2] - sample.boxes[:, 0]
-        h = sample.boxes[:, 3] - sample.boxes[:, 1]
-        total += int(((w * h < 32 * 32) & ~sample.ignore).sum())
-    return total
-
-
-def settings_key(settings: dict) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    return sum(int((size_bucket(sample.boxes[~sample.ignore]) == 0).sum()) for sample in dataset)
 
 
 def timed_log(started: float):

@@ -110,30 +110,16 @@ class DetectorAdapter(ABC):
         """The multiple every input side must be (the rect letterbox rounds to it)."""
         return 32
 
-    def evaluate(
-        self,
-        model: nn.Module,
-        dataset: DetectionSet,
-        *,
-        imgsz: int | Sequence[int] | None = None,
-        batch_size: int = 8,
-        progress: bool = True,
-        conf: float = EVAL_CONF,
-        iou: float | None = None,
-        max_det: int = EVAL_MAX_DET,
-        multi_label: bool = EVAL_MULTI_LABEL,
-        letterbox: str = "square",
-        kitti_protocol: str | None = None,
-    ) -> dict:
-        """Run :meth:`predict` over ``dataset`` and score it with the COCO (and KITTI) protocol.
+    def evaluate(self, model: nn.Module, dataset: DetectionSet, *, kitti_protocol: str | None = None,
+                 **options) -> dict:
+        """Score :meth:`predictions` (``options`` are its keywords) with the COCO (and KITTI) protocol.
 
-        ``conf`` / ``iou`` / ``max_det`` / ``multi_label`` are :meth:`predict`'s; ``letterbox`` is
-        :func:`~detprune.data.batch.iter_batches`'; ``kitti_protocol`` (None: the default)
-        passes to :func:`~detprune.evaluation.protocol.evaluate_detections`.
+        ``kitti_protocol`` (None: the default) passes to
+        :func:`~detprune.evaluation.protocol.evaluate_detections`.
         """
-        predictions = self.predictions(model, dataset, imgsz=imgsz, batch_size=batch_size, progress=progress,
-                                       conf=conf, iou=iou, max_det=max_det, multi_label=multi_label, letterbox=letterbox)
-        return score_predictions(dataset, predictions, kitti_protocol)
+        from detprune.evaluation.protocol import evaluate_detections
+
+        return evaluate_detections(dataset, self.predictions(model, dataset, **options), kitti_protocol=kitti_protocol)
 
     def predictions(
         self,
@@ -162,12 +148,3 @@ class DetectorAdapter(ABC):
             for batch in progress_bar(batches, total=total, desc="evaluate", disable=not progress):
                 predictions.extend(self.predict(model, batch, conf=conf, iou=iou, max_det=max_det, multi_label=multi_label))
         return predictions
-
-
-def score_predictions(dataset: DetectionSet, predictions: Sequence[Detections], kitti_protocol: str | None = None) -> dict:
-    """:func:`~detprune.evaluation.protocol.evaluate_detections`, with ``kitti_protocol`` where one is asked for."""
-    from detprune.evaluation.protocol import evaluate_detections
-
-    if kitti_protocol is None:
-        return evaluate_detections(dataset, predictions)
-    return evaluate_detections(dataset, predictions, kitti_protocol=kitti_protocol)

@@ -96,10 +96,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from detprune.adapters import get_adapter
-    from detprune.adapters.base import score_predictions
     from detprune.data.batch import as_hw
     from detprune.data.loader import load_eval_split
     from detprune.errors import DetpruneError
+    from detprune.evaluation.protocol import evaluate_detections
     from detprune.evaluation.report import ModelSummary, Report
     from detprune.pruning.pruner import conv_channels
     from detprune.utils.atomic import write_text
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     model, dataset = load_for_data(adapter, args.model, dataset, weights=args.weights)
     model = model.to(resolve_device(args.device)).eval()
     predictions = adapter.predictions(model, dataset, imgsz=args.imgsz, batch_size=args.batch_size, **options)
-    metrics = score_predictions(dataset, predictions, protocol)
+    metrics = evaluate_detections(dataset, predictions, kitti_protocol=protocol)
     cost = model_cost(adapter, model, args.imgsz)
     settings = {"split": args.split, "val_list": args.val_list, "letterbox": options.get("letterbox", "square"),
                 "conf": options.get("conf"), "nms_iou": options.get("iou", adapter.nms_iou), "max_det": options.get("max_det"),

@@ -23,8 +23,13 @@ def fold_indices(n: int, k: int, seed: int = 0) -> list[list[int]]:
         raise BadInputError(f"k-fold needs at least 2 folds, got {k!r}")
     if k > n:
         raise BadInputError(f"cannot cut {n} images into {k} folds: every fold needs at least one image")
+    return seeded_partition(n, k, seed)
+
+
+def seeded_partition(n: int, parts: int, seed: int) -> list[list[int]]:
+    """``range(n)`` as ``parts`` sorted parts of a seeded permutation, sizes differing by at most one."""
     order = np.random.default_rng(seed).permutation(n)
-    return [sorted(int(i) for i in part) for part in np.array_split(order, k)]
+    return [sorted(int(i) for i in part) for part in np.array_split(order, parts)]
 
 
 def kfold_splits(dataset: DetectionSet, k: int, seed: int = 0) -> list[tuple[DetectionSet, DetectionSet]]:

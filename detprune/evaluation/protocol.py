@@ -32,7 +32,7 @@ def evaluate_detections(
     *,
     kitti: bool | None = None,
     kitti_min_overlap: Mapping[str, float] | None = None,
-    kitti_protocol: str = "devkit",
+    kitti_protocol: str | None = None,
 ) -> dict:
     """Score ``predictions`` (one :class:`Detections` per sample, in order) against ``dataset``.
 
@@ -40,9 +40,11 @@ def evaluate_detections(
     ``AP_medium``, ``AP_large``, ``AR100``, ``per_class_AP`` ({class name: AP}),
     ``num_images``, ``num_objects`` and, for KITTI data, ``kitti`` (see
     :func:`~detprune.evaluation.kitti.evaluate_kitti`, computed with ``kitti_protocol``:
-    ``"devkit"``, the official devkit's numbers, or ``"exact"``). ``kitti=None`` decides from
+    ``"devkit"``, the official devkit's numbers and the default (None), or ``"exact"``). ``kitti=None`` decides from
     the data (:func:`looks_like_kitti`). Metrics are fractions in [0, 1], None where undefined.
     """
+    if kitti_protocol is None:
+        kitti_protocol = "devkit"
     if kitti_protocol not in PROTOCOLS:
         raise DetpruneError(f"unknown KITTI protocol {kitti_protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     predictions = check_predictions(dataset, predictions)

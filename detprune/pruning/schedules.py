@@ -40,6 +40,7 @@ from typing import Sequence
 
 import numpy as np
 
+from detprune.data.folds import seeded_partition
 from detprune.data.types import DetectionSet
 from detprune.errors import DetpruneError
 from detprune.pruning.pruner import GroupRemoval
@@ -82,8 +83,7 @@ def megabatch_indices(size: int, count: int, seed: int) -> list[list[int]]:
         raise DetpruneError(f"the number of megabatches must be a whole number >= 1, got {count!r}")
     if count > size:
         raise DetpruneError(f"cannot split {size} images into {count} megabatches (at most one per image)")
-    order = np.random.default_rng(seed).permutation(size)
-    return [sorted(int(i) for i in part) for part in np.array_split(order, count)]
+    return seeded_partition(size, count, seed)
 
 
 def split_megabatches(dataset: DetectionSet, count: int, seed: int = 0) -> list[DetectionSet]:
