@@ -82,6 +82,8 @@ def test_terminal_table(report):
     assert table[0].split() == ["Metric", "before", "after", "Δ", "after"]
     assert any(line.split()[:1] == ["mAP50-95"] for line in table)
     assert any("-50.0%" in line and line.startswith("FLOPs") for line in table)
+    # both models timed on one backend: named once under the table, not in a row as wide as it
+    assert table[-1] == "latency: onnxruntime-cpu" and not any(line.startswith("Latency backend") for line in table)
 
 
 def test_several_variants_compare_to_the_baseline(metrics_pair):
@@ -96,7 +98,7 @@ def test_several_variants_compare_to_the_baseline(metrics_pair):
 def test_missing_values_render_as_dashes():
     report = Report({"only": ModelSummary({"mAP": 0.25, "AP_small": None})})
     md = report.to_markdown()
-    assert "| mAP50-95 | 0.250 |" in md and "| AP small | – |" in md
+    assert "| mAP50-95 | 0.250 |" in md and "| AP small (area < 32²) | – |" in md
     assert "Channels kept" not in md and "KITTI" not in md
     assert Report().to_table() == "no models evaluated"
 
@@ -117,3 +119,33 @@ def test_load_rejects_other_files(tmp_path):
         Report.load(tmp_path / "other.json")
     with pytest.raises(BadInputError, match="no such report"):
         Report.load(tmp_path / "missing.json")
+
+
+def test_deltas_against_a_named_baseline(tmp_path):
+    """The reference is the model trained as long as the pruned ones, not the first row."""
+    report = Report(baseline="same budget")
+    report.add("unpruned", ModelSummary({"mAP": 0.30}, params=2_000_000, info={"epochs": "30"}))
+    report.add("same budget", ModelSummary({"mAP": 0.34}, params=2_000_000, info={"epochs": "30 + 8"}))
+    report.add("pruned", ModelSummary({"mAP": 0.31}, params=1_000_000,
+                                      info={"epochs": "30 + 8", "allocation": "global", "distillation": "off"}))
+    assert report.baseline == "same budget" and report.compared == ["unpruned", "pruned"]
+    md = report.to_markdown()
+    assert "| Metric | unpruned | same budget | pruned | Δ unpruned | Δ pruned |" in md
+    # 0.30 - 0.34 = -0.040 and 0.31 - 0.34 = -0.030; 1 M against 2 M params = -50%
+    assert "| mAP50-95 | 0.300 | 0.340 | 0.310 | -0.040 | -0.030 |" in md
+    assert "| Parameters | 2.00 M | 2.00 M | 1.00 M | +0.0% | -50.0% |" in md
+    assert "| Epochs trained | 30 | 30 + 8 | 30 + 8 |  |  |" in md
+    assert "| Allocation | – | – | global |  |  |" in md and "| Distillation | – | – | off |  |  |" in md
+    assert "each model minus `same budget`" in md
+    report.save(tmp_path)
+    loaded = Report.load(tmp_path)
+    assert loaded.baseline == "same budget" and loaded == report
+
+
+def test_markdown_embeds_the_figures_it_is_given():
+    report = Report({"only": ModelSummary({"mAP": 0.25})}, run_info={"train": {"lr": 0.01, "warmup": {"epochs": 1}}})
+    md = report.to_markdown({"metrics_vs_cost.png": "accuracy vs cost", "sub/curve.png": "curve"})
+    assert "![accuracy vs cost](metrics_vs_cost.png)" in md and "![curve](sub/curve.png)" in md
+    assert md.index("## Summary") < md.index("## Figures")
+    assert "## Figures" not in report.to_markdown()
+    assert "- **train**: lr=`0.01`, warmup=(epochs=`1`)" in md  # nested settings stay readable

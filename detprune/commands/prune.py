@@ -250,7 +250,7 @@ def finetune_stage(state: PruneRun) -> None:
 
 def evaluate_stage(state: PruneRun) -> None:
     """Evaluate the pruned model with the same protocol; write report.json / report.md and plots."""
-    from detprune.evaluation.plots import save_report_plots
+    from detprune.evaluation.plots import save_report
     from detprune.evaluation.report import Report
 
     args = state.args
@@ -264,8 +264,12 @@ def evaluate_stage(state: PruneRun) -> None:
         "achieved": state.result.achieved, "round_to": args.round_to, "finetune_epochs": args.finetune_epochs,
         "schedule": args.schedule, "allocation": allocation_record(args, state.result),
     })
-    state.evaluation.save(state.folder)
-    save_report_plots(state.evaluation, state.folder)
+    # channels.png (write_stage) and schedule.png (a schedule's last stage) are drawn by stages that
+    # always follow this one: the report embeds them too
+    figures = {"channels.png": "Output channels per layer, before and after the cut"}
+    if args.schedule != "one-shot":
+        figures["schedule.png"] = f"The {args.schedule} schedule step by step"
+    save_report(state.evaluation, state.folder, figures=figures, channels=False)  # channels.png shows them
 
 
 STAGES: tuple[Callable[[PruneRun], None], ...] = (

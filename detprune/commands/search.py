@@ -213,7 +213,7 @@ def _summary(args, adapter, net, val, folder: Path, name: str, **info):
 
 
 def _report(args, adapter, model, val, folder: Path, before, record: dict) -> dict:
-    from detprune.evaluation.plots import save_report_plots
+    from detprune.evaluation.plots import save_report
     from detprune.evaluation.report import Report
 
     target = f"{record['budget']['kind']} <= {record['budget']['target']:g}"
@@ -224,8 +224,7 @@ def _report(args, adapter, model, val, folder: Path, before, record: dict) -> di
         "criterion": args.criterion, "target": target, "achieved": {"flops": record["flops_kept"]},
         "round_to": args.round_to, "finetune_epochs": args.finetune_epochs,
     })
-    report.save(folder)
-    save_report_plots(report, folder)
+    save_report(report, folder, figures={"search.png": "Searched widths: estimated accuracy against FLOPs, the budget, the chosen one"})
     return {"files": ["report.json", "report.md"], "table": report.to_table()}
 
 

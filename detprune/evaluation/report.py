@@ -4,7 +4,9 @@ One :class:`Report` holds named :class:`ModelSummary` objects (``before`` and ``
 one per criterion, ratio, ...) and free-form run information. It renders JSON for machines
 (:meth:`Report.to_json`, read back by :meth:`Report.load`), Markdown for people
 (:meth:`Report.to_markdown`) and a plain table for the terminal (:meth:`Report.to_table`).
-Deltas are always against the baseline variant (``before`` when present, else the first).
+Deltas are against the baseline variant: the one named when the report is made (e.g. an
+unpruned model trained as long as the pruned ones), else ``before`` when present, else the first.
+:meth:`Report.save` embeds the run's figures in the Markdown.
 """
 
 from __future__ import annotations
@@ -23,10 +25,17 @@ SUMMARY_METRICS: tuple[tuple[str, str], ...] = (
     ("mAP", "mAP50-95"),
     ("mAP50", "mAP50"),
     ("mAP75", "mAP75"),
-    ("AP_small", "AP small"),
-    ("AP_medium", "AP medium"),
-    ("AP_large", "AP large"),
+    ("AP_small", "AP small (area < 32²)"),
+    ("AP_medium", "AP medium (32²-96²)"),
+    ("AP_large", "AP large (area > 96²)"),
     ("AR100", "AR@100"),
+)
+# per-variant facts from ``info`` shown under the numbers when any variant has them: how each
+# model was made, so a table compares like with like
+INFO_ROWS: tuple[tuple[str, str], ...] = (
+    ("epochs", "Epochs trained"),
+    ("allocation", "Allocation"),
+    ("distillation", "Distillation"),
 )
 KITTI_LEVELS = ("easy", "moderate", "hard")
 MOST_PRUNED_ROWS = 10
@@ -125,9 +134,11 @@ def _plain(value: Any) -> Any:
 class Report:
     """Named model summaries of one run, with the run's configuration."""
 
-    def __init__(self, variants: Mapping[str, ModelSummary] | None = None, run_info: Mapping | None = None) -> None:
+    def __init__(self, variants: Mapping[str, ModelSummary] | None = None, run_info: Mapping | None = None,
+                 baseline: str | None = None) -> None:
         self.variants: dict[str, ModelSummary] = {}
         self.run_info: dict = _plain(dict(run_info or {}))
+        self.reference = baseline  # the variant the deltas are taken against (None: the default rule)
         for name, summary in (variants or {}).items():
             self.add(name, summary)
 
@@ -142,6 +153,8 @@ class Report:
 
     @property
     def baseline(self) -> str | None:
+        if self.reference in self.variants:
+            return self.reference
         if "before" in self.variants:
             return "before"
         return next(iter(self.variants), None)
@@ -168,7 +181,7 @@ class Report:
     def from_dict(cls, data: Mapping) -> "Report":
         if data.get("format") != FORMAT or not isinstance(data.get("variants"), list):
             raise BadInputError(f"not a detprune report (expected format '{FORMAT}' with a 'variants' list)")
-        report = cls(run_info=data.get("run") or {})
+        report = cls(run_info=data.get("run") or {}, baseline=data.get("baseline"))
         for entry in data["variants"]:
             entry = dict(entry)
             report.add(entry.pop("name"), ModelSummary.from_dict(entry))
@@ -191,12 +204,15 @@ class Report:
         except BadInputError as exc:
             raise BadInputError(f"{path}: {exc}") from None
 
-    def save(self, out_dir: str | Path) -> dict[str, Path]:
-        """Write ``report.json`` and ``report.md`` into ``out_dir`` atomically; returns their paths."""
+    def save(self, out_dir: str | Path, figures: Mapping[str, str] | None = None) -> dict[str, Path]:
+        """Write ``report.json`` and ``report.md`` into ``out_dir`` atomically; returns their paths.
+
+        ``figures`` ({file name relative to ``out_dir``: caption}) are embedded in the Markdown.
+        """
         out_dir = Path(out_dir)
         return {
             "json": write_text(out_dir / "report.json", self.to_json()),
-            "markdown": write_text(out_dir / "report.md", self.to_markdown()),
+            "markdown": write_text(out_dir / "report.md", self.to_markdown(figures)),
         }
 
     def __eq__(self, other: object) -> bool:
@@ -220,6 +236,10 @@ class Report:
             rows.append(self._row("Latency median (ms)", lambda s: s.latency and s.latency.median_ms, _fmt_ms, _delta_rel))
             rows.append(self._row("Latency p90 (ms)", lambda s: s.latency and s.latency.p90_ms, _fmt_ms, _delta_rel))
             rows.append(["Latency backend", *[s.latency.backend if s.latency else MISSING for s in self.variants.values()], *[""] * len(self.compared)])
+        for key, label in INFO_ROWS:
+            if any(key in s.info for s in self.variants.values()):
+                cells = [MISSING if s.info.get(key) is None else str(s.info[key]) for s in self.variants.values()]
+                rows.append([label, *cells, *[""] * len(self.compared)])
         return rows
 
     def _row(self, label: str, get, fmt, delta) -> list[str]:
@@ -269,13 +289,22 @@ class Report:
         return totals, layers
 
     # -- rendering --------------------------------------------------------------------
-    def to_markdown(self) -> str:
+    def to_markdown(self, figures: Mapping[str, str] | None = None) -> str:
+        """The report for people; ``figures`` ({file: caption}) are embedded after the summary."""
         lines = ["# detprune report", ""]
         if self.run_info:
             lines += [f"- **{key}**: {_fmt_info(value)}" for key, value in self.run_info.items()] + [""]
         if not self.variants:
             return "\n".join(lines + ["No models evaluated.", ""])
         lines += ["## Summary", "", *_markdown(["Metric", *self._columns()], self.summary_rows()), ""]
+        if self.compared:
+            lines += [f"Δ: each model minus `{self.baseline}`; AP as a difference on its 0-1 scale, parameters, "
+                      "FLOPs and latency as a relative change. AP is COCO's: mAP50-95 averages the IoU thresholds "
+                      "0.50 to 0.95; object areas are in pixels of the evaluated images.", ""]
+        if figures:
+            lines += ["## Figures", ""]
+            for name, caption in figures.items():
+                lines += [f"![{caption}]({name})", "", f"*{caption}*", ""]
         per_class = self.per_class_rows()
         if per_class:
             lines += ["## AP per class (COCO AP50-95)", "", *_markdown(["Class", *self._columns()], per_class), ""]
@@ -293,7 +322,13 @@ class Report:
         """The summary as aligned plain text, for the end of a command's output."""
         if not self.variants:
             return "no models evaluated"
-        return "\n".join(_plain_table(["Metric", *self._columns()], self.summary_rows()))
+        rows = self.summary_rows()
+        backends = {s.latency.backend for s in self.variants.values() if s.latency}
+        note = []
+        if len(backends) == 1 and all(s.latency for s in self.variants.values()):  # one backend: said once, below
+            rows = [r for r in rows if r[0] != "Latency backend"]
+            note = [f"latency: {backends.pop()}"]
+        return "\n".join(_plain_table(["Metric", *self._columns()], rows) + note)
 
     def to_detail_tables(self) -> str:
         """AP per class and KITTI AP per class and difficulty as aligned plain text ('' where neither)."""
@@ -335,9 +370,10 @@ def _fmt_kept(value, base) -> str:
     return f"{value} ({value / base:.0%})" if base else str(value)
 
 
-def _fmt_info(value) -> str:
+def _fmt_info(value, nested: bool = False) -> str:
     if isinstance(value, Mapping):
-        return ", ".join(f"{k}={_fmt_info(v)}" for k, v in value.items())
+        text = ", ".join(f"{k}={_fmt_info(v, True)}" for k, v in value.items())
+        return f"({text})" if nested else text
     return f"`{value}`"
 
 

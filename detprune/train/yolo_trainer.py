@@ -156,6 +156,7 @@ def finetune_yolo(
     callbacks: dict[str, Callable] | None = None,
     teacher: nn.Module | None = None,
     distill_weight: float | None = None,
+    progress_label: str = "fine-tune epochs",
     **overrides: Any,
 ) -> FinetuneResult:
     """Fine-tune ``model`` on the YOLO dataset ``data_yaml`` with ultralytics' trainer, keeping its shapes.
@@ -183,6 +184,7 @@ def finetune_yolo(
 
     The caller's ``model`` is not modified. Raises :class:`BadInputError` for bad arguments and
     :class:`DetpruneError` if a checkpoint does not have the given model's shapes.
+    ``progress_label`` names the epoch bar (a baseline trained from scratch is not a fine-tune).
     """
     out_dir = Path(out_dir).resolve()
     if not resume or epochs is not None:
@@ -202,7 +204,7 @@ def finetune_yolo(
             overrides = {**overrides, "dis": float(distill_weight)}
         settings = {**given, "seed": seed, **overrides}
         args, expected = _new_run_args(model, data_yaml, epochs, out_dir, exist_ok, settings, teacher)
-    return _run(args, expected, out_dir / RUN_NAME, callbacks or {})
+    return _run(args, expected, out_dir / RUN_NAME, callbacks or {}, progress_label)
 
 
 def _check_distillation(teacher, distill_weight, resume: bool, overrides: dict) -> None:
@@ -290,12 +292,12 @@ def _as_built(model: nn.Module) -> nn.Module:
     return model
 
 
-def _epoch_bar(trainer):
+def _epoch_bar(trainer, label: str = "fine-tune epochs"):
     """One bar over the epochs with the latest validation mAP50: ultralytics' own output is
     silenced by ``YOLO_VERBOSE=False``, and a long fine-tune should not look stalled."""
     from detprune.utils.progress import progress_counter
 
-    bar = progress_counter(trainer.epochs, desc="fine-tune epochs")
+    bar = progress_counter(trainer.epochs, desc=label)
 
     def start(tr) -> None:  # a resumed run starts past epoch 0
         bar.n = tr.start_epoch
@@ -312,7 +314,7 @@ def _epoch_bar(trainer):
     return bar
 
 
-def _run(args: dict, expected: dict, run_dir: Path, callbacks: dict[str, Callable]) -> FinetuneResult:
+def _run(args: dict, expected: dict, run_dir: Path, callbacks: dict[str, Callable], label: str = "fine-tune epochs") -> FinetuneResult:
     from detprune.adapters.yolo import read_checkpoint
     from detprune.train.pruned_trainer import PrunedDetectionTrainer
 
@@ -329,7 +331,7 @@ def _run(args: dict, expected: dict, run_dir: Path, callbacks: dict[str, Callabl
         raise DetpruneError(f"the trainer chose {trainer.save_dir} instead of {run_dir}")
     for event, function in callbacks.items():
         trainer.add_callback(event, function)
-    bar = _epoch_bar(trainer)
+    bar = _epoch_bar(trainer, label)
     started = time.perf_counter()
     try:
         trainer.train()

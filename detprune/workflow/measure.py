@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from torch import nn
 
@@ -36,6 +36,33 @@ def cpu_latency(adapter: DetectorAdapter, model: nn.Module, imgsz: int | Sequenc
         path = onnx_path or Path(tmp) / "model.onnx"
         export_onnx(adapter.export_module(model), example, path, check=False)
         return measure_latency("onnxruntime", path, list(example.shape), warmup=max(3, runs // 10), runs=runs)
+
+
+def interleaved_cpu_latency(
+    adapter: DetectorAdapter,
+    models: Mapping[str, nn.Module],
+    imgsz: int | Sequence[int],
+    *,
+    runs: int,
+    onnx_paths: Mapping[str, Path],
+) -> dict[str, dict]:
+    """ONNX Runtime CPU latency of several models at batch 1, timed round by round.
+
+    Each round runs every model once, so the load of a shared machine falls on all of them
+    alike, where timings taken minutes apart compare different moments. Returns {name: report
+    latency entry}; each graph is written to its path.
+    """
+    from detprune.export.latency import onnxruntime_side_by_side
+    from detprune.export.onnx import export_onnx
+
+    shape: list[int] = []
+    for name, model in models.items():
+        example = adapter.example_inputs(model, imgsz, batch_size=1)
+        export_onnx(adapter.export_module(model), example, onnx_paths[name], check=False)
+        shape = list(example.shape)
+    stats = onnxruntime_side_by_side({name: onnx_paths[name] for name in models}, shape, warmup=max(3, runs // 10), runs=runs)
+    return {name: {"median_ms": s.median_ms, "p90_ms": s.p90_ms, "backend": f"onnxruntime-cpu ({s.threads} threads, interleaved)"}
+            for name, s in stats.items()}
 
 
 def summarise(

@@ -57,6 +57,7 @@ def finetune_variant(
     out_dir: str | Path,
     teacher: nn.Module | None = None,
     distill_weight: float | None = None,
+    label: str | None = None,
     **options: Any,
 ) -> nn.Module:
     """Fine-tune ``model`` on ``train`` (validated on ``val``) with the family's own trainer.
@@ -64,7 +65,8 @@ def finetune_variant(
     YOLO trains through ultralytics, which reads a YOLO dataset: it is written from the
     splits into ``out_dir/dataset`` first. Returns the best model, pruned shapes kept.
     With ``teacher`` (the unpruned model) the trainer distils from it, ``distill_weight``
-    scaling that loss (the family's default when None).
+    scaling that loss (the family's default when None). ``label`` names YOLO's epoch bar
+    (e.g. "baseline epochs" for training from scratch).
     """
     out_dir = Path(out_dir)
     options = {_FINETUNE_NAMES.get(adapter.family, {}).get(k, k): v for k, v in options.items() if v is not None}
@@ -75,6 +77,8 @@ def finetune_variant(
 
         data: Any = write_yolo_dataset(train, val, out_dir / "dataset")
         options.setdefault("exist_ok", True)
+        if label:
+            options["progress_label"] = label
     else:
         data = {"train": train, "val": val}
     return adapter.finetune(model, data, epochs=epochs, out_dir=out_dir / "finetune", **options)
