@@ -27,7 +27,7 @@ def demo(tmp_path_factory):
     with contextlib.redirect_stdout(printed):
         code = main(["demo", "--out", str(out), "--num-images", "4", "--val-images", "2", "--width", "320",
                      "--height", "96", "--imgsz", "64", "--batch", "2", "--baseline-epochs", "1",
-                     "--finetune-epochs", "1", "--latency-runs", "2", "--criteria", "saliency,l1"])
+                     "--finetune-epochs", "1", "--latency-runs", "2", "--criteria", "taylor/cost,l1"])
     assert code == 0
     return out, printed.getvalue()
 
@@ -35,16 +35,17 @@ def demo(tmp_path_factory):
 def test_every_row_has_the_same_training_and_deltas_are_against_the_same_budget_baseline(demo):
     out, _ = demo
     data = json.loads((out / "report.json").read_text())
-    assert [v["name"] for v in data["variants"]] == ["baseline", SAME_BUDGET, "saliency", "l1"]
+    # a criterion that names its allocation gets a row of its own name; the others use --allocation
+    assert [v["name"] for v in data["variants"]] == ["baseline", SAME_BUDGET, "taylor (cost)", "l1"]
     assert data["baseline"] == SAME_BUDGET
     epochs = {v["name"]: v["info"]["epochs"] for v in data["variants"]}
-    assert epochs == {"baseline": "1", SAME_BUDGET: "1 + 1", "saliency": "1 + 1", "l1": "1 + 1"}
+    assert epochs == {"baseline": "1", SAME_BUDGET: "1 + 1", "taylor (cost)": "1 + 1", "l1": "1 + 1"}
     report = Report.load(out)
     rows = {row[0]: row for row in report.summary_rows()}
     header = ["Metric", *report._columns()]
-    assert header == ["Metric", "baseline", SAME_BUDGET, "saliency", "l1", "Δ baseline", "Δ saliency", "Δ l1"]
+    assert header == ["Metric", "baseline", SAME_BUDGET, "taylor (cost)", "l1", "Δ baseline", "Δ taylor (cost)", "Δ l1"]
     reference = report.variants[SAME_BUDGET]
-    for name in ("baseline", "saliency", "l1"):
+    for name in ("baseline", "taylor (cost)", "l1"):
         summary = report.variants[name]
         delta = rows["Latency median (ms)"][header.index(f"Δ {name}")]
         expected = (summary.latency.median_ms - reference.latency.median_ms) / reference.latency.median_ms
@@ -52,28 +53,29 @@ def test_every_row_has_the_same_training_and_deltas_are_against_the_same_budget_
         delta = rows["mAP50-95"][header.index(f"Δ {name}")]
         assert delta == f"{summary.metrics['mAP'] - reference.metrics['mAP']:+.3f}"
     flops = {v["name"]: v["flops"] for v in data["variants"]}
-    for name in ("saliency", "l1"):
+    for name, folder in (("taylor (cost)", "taylor-cost"), ("l1", "l1")):
         assert abs(flops[name] / flops[SAME_BUDGET] - 0.5) < 0.02
-        assert (out / name / "pruned.pt").is_file()
+        assert (out / folder / "pruned.pt").is_file()
     assert (out / "same_budget" / "baseline.pt").is_file()
     # all four timed together, round by round, each graph kept beside its model
     assert all("interleaved" in v["latency"]["backend"] for v in data["variants"])
-    for path in ("baseline/baseline.onnx", "same_budget/baseline.onnx", "saliency/pruned.onnx", "l1/pruned.onnx"):
+    for path in ("baseline/baseline.onnx", "same_budget/baseline.onnx", "taylor-cost/pruned.onnx", "l1/pruned.onnx"):
         assert (out / path).is_file(), path
 
 
 def test_the_report_names_how_it_was_made(demo):
     out, printed = demo
     run = json.loads((out / "report.json").read_text())["run"]
-    assert run["pruning"] == {"allocation": "global", "distillation": "off", "target_flops": 0.5}
+    assert run["pruning"] == {"allocation": {"taylor (cost)": "cost", "l1": "global"}, "distillation": "off",
+                              "target_flops": 0.5}
     training = run["baseline_training"]
     assert training["epochs"] == 1 == len(training["val_mAP50-95"]) and training["max_epochs"] == 1
     assert training["flattened"] is False and "last 5 epochs" in training["rule"]
-    assert set(run["seconds"]) == {"synthesise", "baseline", "same_budget", "saliency", "l1", "latency"}
+    assert set(run["seconds"]) == {"synthesise", "baseline", "same_budget", "taylor-cost", "l1", "latency"}
     assert all(value == round(value, 1) for value in run["seconds"].values())
     assert set(run["load_average"]) == {"start", "end", "cpus"}
     markdown = (out / "report.md").read_text()
-    assert "| Allocation | – | – | global | global |" in markdown
+    assert "| Allocation | – | – | cost | global |" in markdown
     assert "| Distillation | – | – | off | off |" in markdown
     # the one line that says what the table shows and what one run on so few images cannot
     lines = [line for line in printed.splitlines() if "cannot" in line]
@@ -81,7 +83,7 @@ def test_the_report_names_how_it_was_made(demo):
     assert lines[0] in markdown
     (times,) = [line for line in printed.splitlines() if line.startswith("stage times:")]
     assert "load average" in times and re.search(r"baseline \d+\.\d s", times)
-    assert "allocation global, distillation off" in printed
+    assert "allocation cost for taylor (cost), global for l1; distillation off" in printed
 
 
 def test_report_embeds_every_figure_the_run_wrote(demo):

@@ -31,8 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs,
                         help="fine-tuning epochs of each pruned model; the same-budget baseline trains as many more")
     parser.add_argument("--target-flops", type=float, default=d.target_flops, help="fraction of FLOPs kept")
-    parser.add_argument("--criteria", default=",".join(d.criteria), help="comma-separated criteria to compare")
-    parser.add_argument("--allocation", default=d.allocation, help="how the widths are chosen: global, uniform or cost")
+    parser.add_argument("--criteria", default=",".join(d.criteria), help="comma-separated criteria to compare, each 'name' or 'name/allocation' (e.g. taylor/cost)")
+    parser.add_argument("--allocation", default=d.allocation, help="allocation of the criteria that name none: global, uniform or cost")
     parser.add_argument("--distill", action=argparse.BooleanOptionalAction, default=d.distill,
                         help="fine-tune distilling from the baseline (default off, as the accuracy benchmark chose)")
     parser.add_argument("--latency-runs", type=int, default=d.latency_runs)
@@ -55,21 +55,24 @@ def run(args: argparse.Namespace) -> int:
         raise DetpruneError(f"--val-images must be between 1 and --num-images - 1, got {args.val_images}")
     if args.baseline_epochs < 1 or args.finetune_epochs < 1 or args.flat_window < 1 or args.flat_gain < 0:
         raise DetpruneError("--baseline-epochs, --finetune-epochs and --flat-window must be >= 1, --flat-gain >= 0")
-    if args.allocation not in ALLOCATIONS:
-        raise DetpruneError(f"--allocation must be one of {', '.join(ALLOCATIONS)}, got {args.allocation!r}")
+    criteria = tuple(c.strip() for c in args.criteria.split(",") if c.strip())
+    for allocation in [args.allocation] + [c.partition("/")[2] for c in criteria if "/" in c]:
+        if allocation not in ALLOCATIONS:
+            raise DetpruneError(f"--allocation must be one of {', '.join(ALLOCATIONS)}, got {allocation!r}")
     settings = DemoSettings(
         out=str(out), model=args.model, num_images=args.num_images, val_images=args.val_images,
         width=args.width, height=args.height, imgsz=args.imgsz, batch=args.batch,
         baseline_epochs=args.baseline_epochs, flat_window=args.flat_window, flat_gain=args.flat_gain,
         finetune_epochs=args.finetune_epochs, target_flops=args.target_flops,
-        criteria=tuple(c.strip() for c in args.criteria.split(",") if c.strip()),
+        criteria=criteria,
         allocation=args.allocation, distill=args.distill, latency_runs=args.latency_runs, seed=args.seed,
     )
     report = run_demo(settings)
     run = report.run_info
     print()
     print(report.to_table())
-    print(f"\npruning: allocation {run['pruning']['allocation']}, distillation {run['pruning']['distillation']}; "
+    allocations = ", ".join(f"{v} for {k}" for k, v in run["pruning"]["allocation"].items())
+    print(f"\npruning: allocation {allocations}; distillation {run['pruning']['distillation']}; "
           f"baseline: {run['baseline_training']['epochs']} epochs "
           f"({'flat' if run['baseline_training']['flattened'] else 'cap reached, not yet flat'})")
     print(run["reading"])

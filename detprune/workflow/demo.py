@@ -5,8 +5,9 @@
    epochs bounds the time; :mod:`detprune.workflow.baseline` states the rule);
 3. train a copy of it ``finetune_epochs`` more with the fine-tunes' settings: the
    "baseline, same budget", so every compared model has had the same training;
-4. prune the baseline to a FLOPs target with each criterion (box-weighted saliency, L1
-   magnitude), fine-tune each ``finetune_epochs``;
+4. prune the baseline to a FLOPs target with each criterion (Taylor under the cost-aware
+   allocation, the accuracy benchmark's best; box-weighted saliency; L1 magnitude), fine-tune
+   each ``finetune_epochs``;
 5. evaluate every model with one protocol, export ONNX, time all of them on the CPU in
    interleaved rounds (the machine's load falls on every model alike);
 6. write one report (JSON, Markdown with its figures embedded) and print the table, the
@@ -49,9 +50,10 @@ class DemoSettings:
     flat_gain: float = 0.02
     finetune_epochs: int = 8
     target_flops: float = 0.5
-    criteria: tuple[str, ...] = ("saliency", "l1")
-    # the accuracy benchmark's best settings (docs/benchmarks.md, "Accuracy at the cut")
-    allocation: str = "global"
+    # "criterion" or "criterion/allocation". taylor/cost: the accuracy benchmark's best
+    # configuration (docs/benchmarks.md, "Accuracy at the cut"), beside the flagship and a classic
+    criteria: tuple[str, ...] = ("taylor/cost", "saliency", "l1")
+    allocation: str = "global"  # for the criteria that name none
     distill: bool = False
     score_images: int = 64
     latency_runs: int = 30
@@ -62,6 +64,14 @@ class DemoSettings:
 
     def as_dict(self) -> dict:
         return {**asdict(self), "criteria": list(self.criteria)}
+
+
+def variant(spec: str, default_allocation: str) -> tuple[str, str, str]:
+    """(row name, criterion, allocation) of a ``criteria`` entry: ``taylor/cost`` or ``l1``."""
+    criterion, _, allocation = spec.partition("/")
+    allocation = allocation or default_allocation
+    name = criterion if allocation == default_allocation else f"{criterion} ({allocation})"
+    return name, criterion, allocation
 
 
 def load_average() -> list[float] | None:
@@ -147,7 +157,9 @@ def run_demo(settings: DemoSettings, log: Callable[[str], None] = print) -> Repo
     same = f"{epochs} + {settings.finetune_epochs}"
     report = Report(baseline=SAME_BUDGET, run_info={
         "demo": settings.as_dict(), "baseline_training": rule.record(settings.baseline_epochs),
-        "pruning": {"allocation": settings.allocation, "distillation": distillation, "target_flops": settings.target_flops},
+        "pruning": {"allocation": {variant(c, settings.allocation)[0]: variant(c, settings.allocation)[2]
+                                   for c in settings.criteria},
+                    "distillation": distillation, "target_flops": settings.target_flops},
         "checkpoints": {"baseline": "its best validated epoch (ultralytics' best.pt)",
                         "same budget and pruned": "the last epoch of their fine-tuning"},
     })
@@ -165,22 +177,24 @@ def run_demo(settings: DemoSettings, log: Callable[[str], None] = print) -> Repo
     timed("same_budget", tick)
 
     scored = seeded_subset(train, settings.score_images, settings.seed)
-    for step, criterion in enumerate(settings.criteria, start=4):
+    for step, spec in enumerate(settings.criteria, start=4):
+        name, criterion, allocation = variant(spec, settings.allocation)
         log(f"[{step}/{steps}] {criterion}: score, prune to {settings.target_flops:g} of the FLOPs "
-            f"(allocation {settings.allocation}), fine-tune {settings.finetune_epochs} epochs "
+            f"(allocation {allocation}), fine-tune {settings.finetune_epochs} epochs "
             f"(distillation {distillation}), evaluate")
         tick = time.perf_counter()
-        folder = out / criterion
+        slug = name.replace(" (", "-").rstrip(")")
+        folder = out / slug
         scores = score_channels(adapter, model, scored, criterion, imgsz=settings.imgsz, batch_size=settings.batch)
         pruned = prune_model(adapter, copy.deepcopy(model), scores, target_flops=settings.target_flops,
-                             allocation=settings.allocation, imgsz=settings.imgsz)
+                             allocation=allocation, imgsz=settings.imgsz)
         tuned = finetune_variant(adapter, pruned.model, train, val, epochs=settings.finetune_epochs, out_dir=folder,
                                  teacher=model if settings.distill else None, **tune_options)
         adapter.save(tuned, folder / "pruned.pt", meta={"criterion": criterion, "pruning": pruned.as_dict()})
-        report.add(criterion, summary(tuned, criterion, folder / "pruned.onnx", checkpoint=f"{criterion}/pruned.pt",
-                                      criterion=criterion, flops_kept=pruned.achieved["flops"], epochs=same,
-                                      allocation=settings.allocation, distillation=distillation))
-        timed(criterion, tick)
+        report.add(name, summary(tuned, name, folder / "pruned.onnx", checkpoint=f"{slug}/pruned.pt",
+                                 criterion=criterion, flops_kept=pruned.achieved["flops"], epochs=same,
+                                 allocation=allocation, distillation=distillation))
+        timed(slug, tick)
 
     log(f"[{steps}/{steps}] CPU latency of all {len(models)} models in interleaved rounds, report")
     if settings.latency_runs > 0:
