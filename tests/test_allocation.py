@@ -309,3 +309,25 @@ def test_an_unknown_allocation_in_the_api_is_one_line(v8n):
     adapter, model, scores = v8n
     with pytest.raises(DetpruneError, match="unknown allocation 'best'"):
         prune_model(adapter, copy.deepcopy(model), scores, allocation="best", target_flops=0.5, imgsz=IMGSZ)
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--criterion", "taylor"], "cost"),  # measured best for Taylor (docs/benchmarks.md)
+        (["--criterion", "saliency"], "global"),
+        (["--criterion", "l1"], "global"),
+        (["--criterion", "l1", "--widths-from", "taylor"], "cost"),  # the widths' criterion decides
+        (["--criterion", "taylor", "--allocation", "uniform"], "uniform"),  # a named one is kept
+        (["--criterion", "taylor", "--per-layer"], "uniform"),
+    ],
+)
+def test_the_default_allocation_follows_the_criterion_that_allocates_the_widths(flags, expected):
+    import argparse
+
+    from detprune.commands import prune_options
+
+    parser = argparse.ArgumentParser()
+    prune_options.add_arguments(parser)
+    args = parser.parse_args(["--model", "yolov8n.yaml", *flags])
+    assert prune_options.allocation(args) == expected

@@ -42,9 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="accepted relative distance of the measured latency ratio from the target (default 0.05)")
     target.add_argument("--search-runs", type=int, default=30, help="timed runs per model and candidate of the latency search")
     limits = parser.add_argument_group("allocation")
-    limits.add_argument("--allocation", default="global",
-                        help="how many channels each group keeps: global (one ranking, default), uniform (the same "
-                             "fraction of every group) or cost (most importance kept per unit of --cost)")
+    limits.add_argument("--allocation", default=None,
+                        help="how many channels each group keeps: global (one ranking), uniform (the same "
+                             "fraction of every group) or cost (most importance kept per unit of --cost); "
+                             "default: cost for taylor, global for the other criteria (measured best)")
     limits.add_argument("--cost", default=None,
                         help="what --allocation cost spends: flops or params (default: the target's kind)")
     limits.add_argument("--widths-from", default=None, metavar="CRITERION",
@@ -163,9 +164,9 @@ def _validate_allocation(args: argparse.Namespace) -> None:
     from detprune.pruning.allocation import ALLOCATIONS
     from detprune.pruning.knapsack import COSTS
 
-    if args.allocation not in ALLOCATIONS:
+    if args.allocation is not None and args.allocation not in ALLOCATIONS:
         raise DetpruneError(f"--allocation must be one of {', '.join(ALLOCATIONS)}, got {args.allocation!r}")
-    if args.per_layer and args.allocation not in ("global", "uniform"):
+    if args.per_layer and args.allocation not in (None, "global", "uniform"):
         raise DetpruneError(f"--per-layer is --allocation uniform; it contradicts --allocation {args.allocation}")
     if args.cost is not None and (args.cost not in COSTS or allocation(args) != "cost"):
         raise DetpruneError(f"--cost is flops or params, with --allocation cost (got --cost {args.cost!r}, "
@@ -179,7 +180,15 @@ def _validate_allocation(args: argparse.Namespace) -> None:
 
 
 def allocation(args: argparse.Namespace) -> str:
-    return "uniform" if args.per_layer else args.allocation
+    """The allocation named, or the default of the criterion that allocates the widths."""
+    from detprune.pruning.allocation import default_allocation
+
+    if args.per_layer:
+        return "uniform"
+    if args.allocation is not None:
+        return args.allocation
+    allocating = args.widths_from or (None if args.scores else args.criterion)
+    return default_allocation(allocating)
 
 
 def allocation_record(args: argparse.Namespace, result=None) -> dict:
