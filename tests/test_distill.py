@@ -6,8 +6,8 @@ at 64 px. Faster R-CNN: a MobileNetV3-320 with every group (its FPN too) cut by 
 from an unpruned one in detprune's SGD loop; one iteration of 2 images at 96 x 160.
 
 "Distillation enters the update" is shown by three runs from the same seed: without a teacher,
-with a teacher at weight 0, and at the default weight. The first two must end with identical
-weights (the wrapper itself changes nothing), the third with different ones.
+with a teacher at weight 0, and at the default weight. The first two must end with the same
+weights to float tolerance (the wrapper itself changes nothing), the third with different ones.
 """
 
 from __future__ import annotations
@@ -42,6 +42,11 @@ def yolo_model(cfg: str = "yolov5n.yaml", names=CLASSES, seed: int = 1):
 
 def same_weights(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def largest_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].numel())
 
 
 # --- YOLO ---------------------------------------------------------------------------------
@@ -95,8 +100,10 @@ def test_yolo_distillation_loss_is_non_zero_and_moves_the_student(yolo):
     runs = yolo["runs"]
     rows = list(csv.DictReader((runs["distilled"].run_dir / "results.csv").open()))
     assert float(rows[-1]["train/dis_loss"]) > 0
-    assert same_weights(last_weights(runs["plain"]), last_weights(runs["weight0"]))  # the wrapper alone: no change
-    assert not same_weights(last_weights(runs["weight0"]), last_weights(runs["distilled"]))
+    # the wrapper alone changes nothing but float summation order (seen after other tests left
+    # torch's deterministic mode off: 1e-8); the teacher's loss moves the weights far more
+    assert largest_difference(last_weights(runs["plain"]), last_weights(runs["weight0"])) < 1e-6
+    assert largest_difference(last_weights(runs["weight0"]), last_weights(runs["distilled"])) > 1e-4
 
 
 def test_yolo_checkpoints_hold_the_pruned_student_only(yolo):
