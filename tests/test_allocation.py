@@ -291,7 +291,7 @@ def test_widths_from_a_data_criterion_scores_on_the_same_images(synthetic_kitti,
     [
         (["--allocation", "knapsack"], "--allocation must be one of global, uniform, cost"),
         (["--widths-from", "nonsense"], "--widths-from: unknown criterion 'nonsense'"),
-        (["--allocation", "global", "--cost", "params"], "--cost is flops or params, with --allocation cost"),
+        (["--allocation", "global", "--cost", "params"], "--cost is flops, params or latency, with --allocation cost"),
         (["--allocation", "cost", "--per-layer"], "--per-layer is --allocation uniform"),
     ],
 )

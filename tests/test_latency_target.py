@@ -32,12 +32,13 @@ def yolov5n():
 def test_prune_command_meets_a_latency_target_and_records_it(tmp_path, capsys):
     out = tmp_path / "run"
     # a wide tolerance: the test is about the search and its record, not this machine's speed
-    code = main(BASE + ["--target-latency", "0.6", "--latency-tolerance", "0.5", "--search-runs", "5",
-                        "--round-to", "8", "--out", str(out)])
+    code = main(BASE + ["--target-latency", "0.6", "--backend", "onnxruntime", "--latency-search", "flops",
+                        "--latency-tolerance", "0.5", "--search-runs", "5", "--round-to", "8", "--out", str(out)])
     assert code == 0
     report = json.loads((out / "prune.json").read_text())
     search = report["latency_target"]
     assert search["backend"] == "onnxruntime" and search["target"] == 0.6 and search["round_to"] == 8
+    assert search["method"] == "flops" and search["predicted_ratio"] is None
     chosen = search["candidates"][search["chosen"]]
     assert search["measured_ratio"] == chosen["latency_ratio"] == pytest.approx(chosen["pruned_ms"] / chosen["original_ms"])
     assert abs(search["measured_ratio"] - 0.6) <= 0.5 * 0.6
@@ -67,8 +68,8 @@ def test_an_absent_backend_is_one_line(backend, tmp_path, capsys):
 
 
 def test_latency_is_one_target_among_the_others(tmp_path, capsys):
-    code = main(BASE + ["--target-latency", "0.6", "--ratio", "0.3", "--out", str(tmp_path / "run")])
+    code = main(BASE + ["--target-latency", "0.6", "--backend", "onnxruntime", "--ratio", "0.3", "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code == 2 and "--target-latency" in err and "--ratio" in err
-    assert main(BASE + ["--target-latency", "1.5", "--out", str(tmp_path / "run")]) == 2
+    assert main(BASE + ["--target-latency", "1.5", "--backend", "onnxruntime", "--out", str(tmp_path / "run")]) == 2
     assert "--target-latency must lie in (0, 1)" in capsys.readouterr().err

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 from detprune.commands import prune_schedule
 from detprune.commands.outputs import check_output_folder
-from detprune.commands.prune_options import add_arguments, allocation, allocation_record, distils, pick_target, validate  # noqa: F401  (add_arguments: the CLI reads it here)
+from detprune.commands.prune_options import add_arguments, allocation, allocation_record, distils, pick_target, uses_table, validate  # noqa: F401  (add_arguments: the CLI reads it here)
 from detprune.commands.shared import compact_json, read_class_map, resolve_device
 
 HELP = "prune a detector's channels to a FLOPs, parameter or channel target and write the smaller model"
@@ -165,16 +165,23 @@ def prune_stage(state: PruneRun) -> None:
     from detprune.pruning import prune_model
 
     args = state.args
+    table = _latency_table(state) if uses_table(args) else None
     if args.target_latency is not None:
-        from detprune.pruning.latency_target import prune_to_latency
+        from detprune.pruning.latency_target import prune_by_table, prune_to_latency
 
-        state.result, state.latency = prune_to_latency(
-            state.adapter, state.model, state.scores, target=args.target_latency, backend=args.backend,
-            tolerance=args.latency_tolerance, imgsz=args.imgsz, runs=args.search_runs, progress=print,
-            allocation=allocation(args), cost=args.cost, width_scores=state.width_scores,
-            round_to=args.round_to, min_channels=args.min_channels,
-            max_ratio=args.max_ratio, normalisation=args.normalisation,
-        )
+        options = dict(allocation=allocation(args), cost=args.cost, width_scores=state.width_scores,
+                       round_to=args.round_to, min_channels=args.min_channels,
+                       max_ratio=args.max_ratio, normalisation=args.normalisation)
+        if args.latency_search == "table":
+            state.result, state.latency = prune_by_table(
+                state.adapter, state.model, state.scores, table, target=args.target_latency,
+                tolerance=args.latency_tolerance, imgsz=args.imgsz, runs=args.search_runs, threads=args.latency_threads,
+                progress=print, **options)
+        else:
+            state.result, state.latency = prune_to_latency(
+                state.adapter, state.model, state.scores, target=args.target_latency, backend=args.backend,
+                tolerance=args.latency_tolerance, imgsz=args.imgsz, runs=args.search_runs, threads=args.latency_threads,
+                progress=print, latency_table=table, **options)
         state.model = state.result.model
         return
     state.result = prune_model(
@@ -192,7 +199,17 @@ def prune_stage(state: PruneRun) -> None:
         max_ratio=args.max_ratio,
         normalisation=args.normalisation,
         imgsz=args.imgsz,
+        latency_table=table,
     )
+
+
+def _latency_table(state: PruneRun):
+    """The latency table of the model on ``--backend``: from the cache, else measured now."""
+    from detprune.pruning.latency_measure import latency_table
+
+    args = state.args
+    return latency_table(state.adapter, state.model, backend=args.backend, imgsz=args.imgsz, threads=args.latency_threads,
+                         round_to=args.round_to, check_cuts=args.table_check, cache=args.latency_cache, seed=args.seed)
 
 
 def write_stage(state: PruneRun) -> None:
@@ -369,7 +386,8 @@ def _print_summary(state: PruneRun, out: Path) -> None:
           + (f", widths from {chosen['widths_from']}" if chosen["widths_from"] else ""))
     if state.latency is not None:
         search = state.latency
-        print(f"latency: x{search.measured_ratio:.3f} of the original on {search.backend} (target x{search.target:g} "
+        predicted = f", predicted x{search.predicted_ratio:.3f} by the latency table" if search.predicted_ratio is not None else ""
+        print(f"latency: x{search.measured_ratio:.3f} of the original on {search.backend}{predicted} (target x{search.target:g} "
               f"± {search.tolerance:.0%}, {len(search.candidates)} candidate(s) measured, round to {search.round_to})")
     if state.schedule is not None:
         print(prune_schedule.summary_line(state))

@@ -35,9 +35,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     target.add_argument("--target-params", type=float, default=None, help="fraction of the parameters to KEEP")
     target.add_argument("--ratio", type=float, default=None, help="fraction of the prunable channels to REMOVE")
     target.add_argument("--target-latency", type=float, default=None,
-                        help="fraction of the original latency to KEEP, measured on --backend (searched over the FLOPs)")
-    target.add_argument("--backend", choices=("onnxruntime", "torch-cuda", "tensorrt"), default="onnxruntime",
-                        help="where --target-latency is measured (default onnxruntime on the CPU)")
+                        help="fraction of the original latency to KEEP on --backend: the cut a measured latency "
+                             "table predicts, verified by timing (see --latency-search)")
+    target.add_argument("--backend", choices=("onnxruntime", "torch-cuda", "tensorrt"), default=None,
+                        help="where latency is measured, for --target-latency and --cost latency: onnxruntime "
+                             "(CPU), torch-cuda (FP16) or tensorrt")
+    target.add_argument("--latency-search", choices=("table", "flops"), default="table",
+                        help="table (default): choose the cut by a per-layer latency table, verify, refine once; "
+                             "flops: bisect on the FLOPs fraction, timing every candidate")
+    target.add_argument("--latency-cache", default=None, metavar="DIR",
+                        help="where latency tables are kept (default $DETPRUNE_LATENCY_CACHE or ~/.cache/detprune/latency)")
+    target.add_argument("--latency-threads", type=int, default=None,
+                        help="ONNX Runtime threads for latency tables and timing (default: the cores this process may use)")
+    target.add_argument("--table-check", type=int, default=10,
+                        help="random cuts a newly built latency table is checked on (default 10; 0 = none)")
     target.add_argument("--latency-tolerance", type=float, default=0.05,
                         help="accepted relative distance of the measured latency ratio from the target (default 0.05)")
     target.add_argument("--search-runs", type=int, default=30, help="timed runs per model and candidate of the latency search")
@@ -47,7 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "fraction of every group) or cost (most importance kept per unit of --cost); "
                              "default: cost for taylor, global for the other criteria (measured best)")
     limits.add_argument("--cost", default=None,
-                        help="what --allocation cost spends: flops or params (default: the target's kind)")
+                        help="what --allocation cost spends: flops, params or latency (a latency table measured on "
+                             "--backend; HALP) (default: the target's kind)")
     limits.add_argument("--widths-from", default=None, metavar="CRITERION",
                         help="allocate the widths on this criterion's scores; --criterion then picks the channels kept")
     limits.add_argument("--per-layer", action="store_true", default=False, help="the same as --allocation uniform")
@@ -106,7 +118,7 @@ def validate(args: argparse.Namespace) -> None:
     if len(given) != 1:
         raise DetpruneError("give one target: --target-flops, --target-params, --ratio or --target-latency"
                             + (f" (got {' and '.join(given)})" if given else ""))
-    if args.target_latency is not None:
+    if args.target_latency is not None or args.cost == "latency":
         _validate_latency(args)
     try:
         make_target(ratio=args.ratio, target_flops=args.target_flops, target_params=args.target_params, strict=True)
@@ -169,7 +181,7 @@ def _validate_allocation(args: argparse.Namespace) -> None:
     if args.per_layer and args.allocation not in (None, "global", "uniform"):
         raise DetpruneError(f"--per-layer is --allocation uniform; it contradicts --allocation {args.allocation}")
     if args.cost is not None and (args.cost not in COSTS or allocation(args) != "cost"):
-        raise DetpruneError(f"--cost is flops or params, with --allocation cost (got --cost {args.cost!r}, "
+        raise DetpruneError(f"--cost is flops, params or latency, with --allocation cost (got --cost {args.cost!r}, "
                             f"--allocation {allocation(args)})")
     if args.widths_from is not None:
         if args.widths_from not in available_criteria():
@@ -202,7 +214,21 @@ def _validate_latency(args: argparse.Namespace) -> None:
     from detprune.pruning.latency_target import check_backend
     from detprune.pruning.targets import check_fraction
 
-    check_fraction("--target-latency", args.target_latency)
+    what = "--target-latency" if args.target_latency is not None else "--cost latency"
+    if args.backend is None:
+        raise DetpruneError(f"{what} needs --backend: where the latency is measured (onnxruntime, torch-cuda or tensorrt)")
+    if args.target_latency is not None:
+        check_fraction("--target-latency", args.target_latency)
     if not 0 < args.latency_tolerance < 1 or args.search_runs < 1:
         raise DetpruneError("--latency-tolerance must lie in (0, 1) and --search-runs be >= 1")
+    if (args.latency_threads is not None and args.latency_threads < 1) or args.table_check < 0:
+        raise DetpruneError("--latency-threads must be >= 1 and --table-check >= 0")
     check_backend(args.backend)
+    if uses_table(args) and args.backend == "tensorrt":
+        raise DetpruneError("latency tables are measured on onnxruntime or torch-cuda; for tensorrt use "
+                            "--latency-search flops (and --cost flops)")
+
+
+def uses_table(args: argparse.Namespace) -> bool:
+    """Whether the run measures (or reads) a latency table: ``--cost latency`` or a table-searched latency target."""
+    return args.cost == "latency" or (args.target_latency is not None and args.latency_search == "table")

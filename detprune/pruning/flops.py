@@ -75,6 +75,9 @@ def format_count(value: float) -> str:
 # checks the prediction against ``measure`` on pruned models: they agree exactly.
 
 
+ROOT_TYPES_PRICED = (nn.modules.conv._ConvNd, nn.Linear)  # what a latency table times per layer
+
+
 def _conv_macs(module: nn.modules.conv._ConvNd, out_shape, c_in: int, c_out: int, groups: int) -> int:
     active = out_shape[0] * int(np.prod(out_shape[2:]))
     macs = int(np.prod(module.kernel_size)) * c_in * (c_out // groups) * active
@@ -231,6 +234,24 @@ class CostModel:
             call, base, shape = self._calls[i], self._call_base[i], self._call_shape[i]
             d_macs += self._call_cost(call, base, shape, moved) - self._call_cost(call, base, shape, n)
         return d_params, d_macs / self.batch_size
+
+    def layer_widths(self, n: dict[int, int], group: int | None = None) -> list[tuple[object, int, int]]:
+        """(call, input channels, output channels) of every conv/linear call a group touches, after
+        removal ``n``; with ``group``, only the calls whose widths that group's count moves.
+        A measured latency table prices these (:mod:`detprune.pruning.latency_table`)."""
+        indices = self._local(group)[0] if group is not None else range(len(self._calls))
+        out = []
+        for i in indices:
+            call = self._calls[i]
+            if not isinstance(call.module, ROOT_TYPES_PRICED):
+                continue
+            c_in, c_out = self._call_shape[i]
+            r_out = self._removed(call.node, "out", n)
+            if _is_depthwise(call.module):
+                out.append((call, c_out - r_out, c_out - r_out))
+            else:
+                out.append((call, c_in - self._removed(call.node, "in", n), c_out - r_out))
+        return out
 
     def _call_cost(self, call, base: int, shape: tuple[int, int], n: dict[int, int]) -> int:
         m, node = call.module, call.node

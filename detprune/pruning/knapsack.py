@@ -32,7 +32,8 @@ import numpy as np
 
 from detprune.pruning.allocation import Limits
 
-COSTS = ("flops", "params")
+COSTS = ("flops", "params", "latency")  # latency: a measured table (detprune.pruning.latency_table.LatencyCost)
+ANALYTIC_COSTS = ("flops", "params")
 
 
 class GroupCost:
@@ -59,7 +60,7 @@ class AnalyticCost(GroupCost):
     """FLOPs (MACs) or parameters from the analytic cost model, savings priced locally."""
 
     def __init__(self, cost_model, kind: str):
-        if kind not in COSTS:
+        if kind not in ANALYTIC_COSTS:
             raise ValueError(f"cost kind {kind!r}")
         self.model, self.kind = cost_model, kind
 

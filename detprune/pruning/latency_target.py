@@ -43,6 +43,8 @@ class Candidate:
     original_ms: float | None = None
     pruned_ms: float | None = None
     note: str | None = None
+    predicted_ratio: float | None = None  # the latency table's prediction (table search)
+    latency_aim: float | None = None  # the predicted fraction the table search asked for
 
 
 @dataclass
@@ -59,14 +61,27 @@ class LatencySearch:
     candidates: list[Candidate] = field(default_factory=list)
     chosen: int | None = None
     device: str | None = None
+    method: str = "flops"  # flops: bisection on the FLOPs fraction; table: predicted by a latency table
+    table: dict | None = None  # the table's key and its check on random cuts
 
     @property
     def measured_ratio(self) -> float | None:
         return None if self.chosen is None else self.candidates[self.chosen].latency_ratio
 
+    @property
+    def predicted_ratio(self) -> float | None:
+        return None if self.chosen is None else self.candidates[self.chosen].predicted_ratio
+
+    @property
+    def within_tolerance(self) -> bool:
+        ratio = self.measured_ratio
+        return ratio is not None and abs(ratio - self.target) <= self.tolerance * self.target
+
     def as_dict(self) -> dict:
         out = asdict(self)
         out["measured_ratio"] = self.measured_ratio
+        out["predicted_ratio"] = self.predicted_ratio
+        out["within_tolerance"] = self.within_tolerance
         return out
 
 
@@ -146,6 +161,69 @@ def prune_to_latency(
         f"--target-latency {target:g} not reached on {backend} within {tolerance:.0%}: the closest measured latency ratio "
         f"was {closest.latency_ratio:.3f} (at {closest.flops_kept:.1%} of the FLOPs) after {len(search.candidates)} candidates"
     )
+
+
+def prune_by_table(
+    adapter: DetectorAdapter,
+    model: nn.Module,
+    scores: Mapping[str, torch.Tensor],
+    table,
+    *,
+    target: float,
+    tolerance: float = DEFAULT_LATENCY_TOLERANCE,
+    imgsz: int = 320,
+    warmup: int = 5,
+    runs: int = 30,
+    threads: int | None = None,
+    progress: Callable[[str], None] | None = None,
+    **prune_options: Any,
+) -> tuple[PruneResult, LatencySearch]:
+    """Prune a copy of ``model`` to a latency chosen by the table's prediction, then verify it.
+
+    The cut is the one whose predicted latency is ``target`` of the original's (with
+    ``allocation="cost"`` the knapsack spends predicted latency, HALP); it is timed interleaved
+    with the original on the table's backend, and where the measured ratio lies further than
+    ``tolerance`` from the target the predicted aim is corrected once by target / measured and
+    the cut repeated. The candidate measured nearest the target is returned, with the record.
+    """
+    target = check_fraction("target_latency", target)
+    if not 0 < tolerance < 1:
+        raise DetpruneError(f"latency tolerance must lie in (0, 1), got {tolerance}")
+    backend = table.backend
+    search = LatencySearch(target, backend, tolerance, int(prune_options.get("round_to", 8)), imgsz, warmup, runs,
+                           method="table", table={"key": table.key, "check": {k: v for k, v in table.check.items() if k != "rows"}})
+    say = progress or (lambda _: None)
+    results: list[PruneResult] = []
+    aim = target
+    with tempfile.TemporaryDirectory(prefix="detprune-latency-target-") as work:
+        timer = CandidateTimer(adapter, model, backend, imgsz, warmup, runs, threads, Path(work))
+        for step in range(2):
+            try:
+                result = prune_model(adapter, copy.deepcopy(model), scores, target_latency=aim, latency_table=table,
+                                     imgsz=imgsz, **prune_options)
+            except DetpruneError as err:
+                if not results:
+                    raise
+                search.candidates.append(Candidate(None, None, None, note=str(err), latency_aim=aim))
+                break
+            original_ms, pruned_ms = timer.ratio(result.model)
+            ratio = pruned_ms / original_ms
+            search.device = timer.device
+            search.candidates.append(Candidate(None, result.achieved["flops"], ratio, original_ms, pruned_ms,
+                                               predicted_ratio=result.achieved["latency"], latency_aim=aim))
+            results.append(result)
+            say(f"latency predicted x{result.achieved['latency']:.3f}, measured x{ratio:.3f} on {backend} "
+                f"({result.achieved['flops']:.1%} of the FLOPs)")
+            if abs(ratio - target) <= tolerance * target:
+                break
+            aim = min(max(aim * target / ratio, 0.01), 0.999)  # the table was off by measured / predicted
+    measured = [(k, c) for k, c in enumerate(search.candidates) if c.latency_ratio is not None]
+    chosen, _ = min(measured, key=lambda kc: abs(kc[1].latency_ratio - target))
+    search.chosen = chosen
+    if not search.within_tolerance:
+        say(f"--target-latency {target:g}: the nearest measured cut is x{search.measured_ratio:.3f}, "
+            f"outside {tolerance:.0%} (try --latency-search flops, or a wider --latency-tolerance)")
+    return results[[k for k, _ in measured].index(chosen)], search
 
 
 def _measure(adapter, model, scores, fraction, imgsz, timer: "CandidateTimer", prune_options) -> tuple[Candidate, PruneResult | None]:

@@ -50,7 +50,8 @@ from detprune.pruning.allocation import (
 from detprune.pruning.flops import Cost, CostModel, measure
 from detprune.pruning.groups import ROOT_TYPES, CoupledGroups, enumerate_groups
 from detprune.pruning.knapsack import COSTS, AnalyticCost, KnapsackAllocator
-from detprune.pruning.targets import DEFAULT_TOLERANCE, Target, make_target, search
+from detprune.pruning.latency_table import LatencyCost
+from detprune.pruning.targets import DEFAULT_TOLERANCE, Target, check_fraction, make_target, search
 
 
 @dataclass
@@ -126,6 +127,8 @@ def prune_model(
     target_flops: float | None = None,
     target_params: float | None = None,
     ratio: float | None = None,
+    target_latency: float | None = None,
+    latency_table=None,
     allocation: str | None = None,
     cost: str | None = None,
     width_scores: Mapping[str, torch.Tensor] | None = None,
@@ -151,13 +154,17 @@ def prune_model(
     the kind of the target, FLOPs for a ratio). ``global_ranking`` is the older switch
     (True = global, False = uniform). ``width_scores``: scores of another criterion to
     allocate the widths on; ``scores`` then only choose which channels of each group stay.
+
+    ``latency_table`` (:class:`detprune.pruning.latency_table.LatencyTable` of this
+    architecture) prices candidates by predicted latency: ``target_latency`` is the fraction of
+    the predicted latency to keep, and ``cost="latency"`` the knapsack's cost (HALP).
     """
     limits = Limits(round_to=round_to, min_channels=min_channels, max_ratio=max_ratio)
     allocation = resolve_allocation(allocation, global_ranking)
     normalisation = normalisation or default_normalisation(allocation)
     if normalisation not in NORMALISATIONS:
         raise DetpruneError(f"unknown normalisation {normalisation!r}; choose from {', '.join(NORMALISATIONS)}")
-    target = make_target(ratio=ratio, target_flops=target_flops, target_params=target_params)
+    target = _target(ratio, target_flops, target_params, target_latency, latency_table)
     if kept is not None:
         if target is not None:
             raise DetpruneError("kept channel sets fix the amount pruned: give no ratio or FLOPs/params target with them")
@@ -166,6 +173,8 @@ def prune_model(
     elif target is None:
         raise DetpruneError("give a target: ratio, target_flops or target_params")
     cost = _cost_kind(allocation, cost, target)
+    if cost == "latency" and latency_table is None:
+        raise DetpruneError("cost='latency' prices removals by a measured latency table: give latency_table")
     if width_scores is not None and kept is not None:
         raise DetpruneError("kept channel sets fix the widths: give no width_scores with them")
 
@@ -191,8 +200,9 @@ def prune_model(
         wscores = group_scores(coupled, width_scores, normalisation) if width_scores is not None else gscores
         worders = removal_orders(coupled, wscores) if width_scores is not None else orders
         cost_model = CostModel(coupled, before, worders)
-        allocator = _allocator(allocation, cost, coupled, wscores, worders, limits, cost_model)
-        metric = _metric(target, before, cost_model, allocator)
+        latency = None if latency_table is None else LatencyCost(latency_table, coupled, cost_model)
+        allocator = _allocator(allocation, cost, coupled, wscores, worders, limits, cost_model, latency)
+        metric = _metric(target, before, cost_model, allocator, latency)
         hint = (
             f" with min_channels={min_channels}, max_ratio={max_ratio:g}, round_to={round_to}"
             " and the protected layers"
@@ -204,6 +214,9 @@ def prune_model(
         if width_scores is not None:  # price the channels actually chosen
             cost_model = CostModel(coupled, before, orders)
     predicted = cost_model.predict(removal)
+    predicted_latency = None
+    if latency_table is not None:  # priced before the cut, on the channels actually chosen
+        predicted_latency = LatencyCost(latency_table, coupled, cost_model).fraction(removal)
     seconds["allocate"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -215,6 +228,8 @@ def prune_model(
         "params": after.params / before.params if before.params else 1.0,
         "ratio": sum(removal.values()) / prunable if prunable else 0.0,
     }
+    if predicted_latency is not None:
+        achieved["latency"] = predicted_latency  # predicted by the table; measured only by the caller
     settings = {
         "allocation": None if kept is not None else allocation,
         "cost": cost if kept is None else None,
@@ -227,6 +242,7 @@ def prune_model(
         "imgsz": imgsz,
         "tolerance": tolerance,
         "kept_sets": kept is not None,
+        "latency_table": None if latency_table is None else latency_table.key,
     }
     return PruneResult(
         model=model,
@@ -256,13 +272,27 @@ def _cost_kind(allocation: str, cost: str | None, target: Target | None) -> str 
     return cost or (target.kind if target is not None and target.kind in COSTS else "flops")
 
 
-def _allocator(allocation, cost, coupled, scores, orders, limits, cost_model):
+def _target(ratio, target_flops, target_params, target_latency, latency_table) -> Target | None:
+    """The one target given; a latency target is a predicted-latency fraction and needs a table."""
+    if target_latency is None:
+        return make_target(ratio=ratio, target_flops=target_flops, target_params=target_params)
+    if any(v is not None for v in (ratio, target_flops, target_params)):
+        raise DetpruneError("give one target: target_latency with ratio, target_flops or target_params is two")
+    if latency_table is None:
+        raise DetpruneError("target_latency is predicted by a measured latency table: give latency_table")
+    return Target("latency", check_fraction("target_latency", target_latency))
+
+
+def _allocator(allocation, cost, coupled, scores, orders, limits, cost_model, latency=None):
     if allocation == "cost":
-        return KnapsackAllocator(coupled, scores, orders, limits, AnalyticCost(cost_model, cost))
+        priced = latency if cost == "latency" else AnalyticCost(cost_model, cost)
+        return KnapsackAllocator(coupled, scores, orders, limits, priced)
     return Allocator(coupled, scores, orders, limits, global_ranking=allocation == "global")
 
 
-def _metric(target: Target, before: Cost, cost_model: CostModel, allocator: Allocator):
+def _metric(target: Target, before: Cost, cost_model: CostModel, allocator: Allocator, latency=None):
+    if target.kind == "latency":
+        return latency.fraction
     if target.kind == "ratio":
         return allocator.removed_fraction
     if target.kind == "flops":

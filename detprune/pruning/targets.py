@@ -20,9 +20,10 @@ from typing import Callable
 
 from detprune.errors import DetpruneError
 
-KINDS = ("ratio", "flops", "params")
+KINDS = ("ratio", "flops", "params", "latency")  # latency: predicted by a measured table
 DEFAULT_TOLERANCE = 0.02
-_FLAG = {"ratio": "ratio", "flops": "target_flops", "params": "target_params"}
+_FLAG = {"ratio": "ratio", "flops": "target_flops", "params": "target_params", "latency": "target_latency"}
+_NAME = {"flops": "FLOPs", "params": "parameters", "latency": "latency (predicted)"}
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class Target:
         v = self.value if value is None else value
         if self.kind == "ratio":
             return f"{v:.1%} of prunable channels removed"
-        return f"{v:.1%} of the original {'FLOPs' if self.kind == 'flops' else 'parameters'} kept"
+        return f"{v:.1%} of the original {_NAME[self.kind]} kept"
 
 
 def check_fraction(name: str, value, *, allow_zero: bool = False, allow_one: bool = False) -> float:
