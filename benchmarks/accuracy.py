@@ -54,7 +54,7 @@ from detprune.data.folds import kfold_splits  # noqa: E402
 from detprune.data.loader import load_dataset  # noqa: E402
 from detprune.errors import DetpruneError  # noqa: E402
 from detprune.utils.atomic import write_text  # noqa: E402
-from accuracy_cells import Cell, Runner, rect_hw  # noqa: E402
+from accuracy_cells import Cell, Runner, parse_class_weights, rect_hw, split_allocation  # noqa: E402
 from compare_criteria import settings_key  # noqa: E402  (the same cache keys)
 from detprune.data.stats import size_bucket  # noqa: E402
 
@@ -81,7 +81,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--finetune-epochs", type=int, default=20, help="the equal budget of every row")
     p.add_argument("--target", type=float, default=0.5, help="FLOPs kept by the grid of configurations")
     p.add_argument("--criteria", default="saliency,taylor,l1")
-    p.add_argument("--allocations", default="global,cost", help="how the cut is spread over layers")
+    p.add_argument("--allocations", default="global,cost",
+                   help="how the cut is spread over layers: global, uniform, cost, or widths:CRITERION-ALLOCATION "
+                        "(the widths another criterion gets under that allocation, e.g. widths:saliency-global)")
+    p.add_argument("--class-weights", default=None, metavar="CLASS=W,...",
+                   help="class priorities of the scoring criteria, e.g. Pedestrian=3,Cyclist=3 (default: none)")
+    p.add_argument("--car-images", type=int, default=8,
+                   help="training frames CAR evaluates once per masked channel (its cost: passes x these images)")
     p.add_argument("--distill", default="off,on", help="fine-tune plain (off) and/or distilled from the baseline (on)")
     p.add_argument("--extra-targets", default="0.7,0.3", help="targets run for the best configuration at --target")
     p.add_argument("--seed", type=int, default=0, help="seed of scoring order and training")
@@ -119,6 +125,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--only-folds are indices in 0..{args.folds - 1}")
     for name in args.criteria:
         get_criterion(name)  # an unknown name fails here, before any training
+    for token in args.allocations:
+        allocation, widths_from = split_allocation(token)
+        if allocation not in ("global", "uniform", "cost"):
+            p.error(f"unknown allocation {token!r}: global, uniform, cost or widths:CRITERION-ALLOCATION")
+        if widths_from is not None:
+            get_criterion(widths_from)
+    if args.car_images < 1:
+        p.error("--car-images must be >= 1")
+    try:
+        weights = parse_class_weights(args.class_weights)
+    except DetpruneError as err:
+        p.error(f"--class-weights: {err}")
+    # one canonical spelling, so the same weights give the same cell key
+    args.class_weights = ",".join(f"{k}={v:g}" for k, v in weights.items())
     return args
 
 
@@ -138,7 +158,7 @@ def timed_log(started: float):
 def grid(args: argparse.Namespace) -> list[Cell]:
     """Every configuration at ``--target``; the ones this installation cannot run are noted, not run."""
     # plain before distilled, the first allocation before the others: the axes that exist first
-    return [Cell(args.target, criterion, allocation, distill, args.seed)
+    return [Cell(args.target, criterion, allocation, distill, args.seed, class_weights=args.class_weights)
             for distill in args.distill for allocation in args.allocations for criterion in args.criteria]
 
 
@@ -203,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     log = timed_log(started)
     dataset = load_dataset(args.data)
     hw = rect_hw(dataset, args.width)
+    parse_class_weights(args.class_weights, list(dataset.class_names))  # an unknown class fails before any training
     splits = kfold_splits(dataset, args.folds, seed=args.fold_seed)
     folds = args.only_folds if args.only_folds is not None else list(range(args.folds))
     log(f"data: {len(dataset)} frames, {args.folds} folds of {', '.join(str(len(v)) for _, v in splits)}; "
@@ -231,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         for repeat in args.repeat:
             seed = int(repeat[4:]) if repeat.startswith("seed") else first.seed
             again = Cell(first.target, first.criterion, first.allocation, first.distill, seed,
-                         replica="rerun" if repeat == "rerun" else "")
+                         replica="rerun" if repeat == "rerun" else "", class_weights=first.class_weights)
             found, skipped = run_cells([again], [0], runner, log, f"repeat {repeat}")
             repeats += found
             missing += skipped
@@ -247,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     if best is not None:
         log(f"best at {args.target:g} so far: {best['criterion']} / {best['allocation']} / "
             f"{'distill' if best['distill'] else 'plain'} (mAP50 {best['mAP50']['mean']:.1f})")
-        extra = [Cell(t, best["criterion"], best["allocation"], best["distill"], args.seed) for t in args.extra_targets]
+        extra = [Cell(t, best["criterion"], best["allocation"], best["distill"], args.seed,
+                      class_weights=best["class_weights"]) for t in args.extra_targets]
         found, skipped = run_cells(extra, folds, runner, log, "extra")
         results += found
         missing += skipped

@@ -1,6 +1,6 @@
 """The cells of benchmarks/accuracy.py: fold baselines and pruned, fine-tuned variants, each cached as json.
 
-A cell is (FLOPs target, criterion, allocation, plain/distilled fine-tune, seed) on one fold:
+A cell is (FLOPs target, criterion, allocation, plain/distilled fine-tune, seed, class weights) on one fold:
 score the fold baseline's channels on the fold's training frames, prune a copy, fine-tune it
 for the equal budget, take the LAST epoch, evaluate on the held-out fold, count params and
 FLOPs, and time it on ONNX Runtime interleaved with the unpruned baseline of that fold.
@@ -43,31 +43,90 @@ def rect_hw(dataset: DetectionSet, width: int, stride: int = STRIDE) -> tuple[in
 class Cell:
     target: float
     criterion: str
-    allocation: str
+    allocation: str  # "global", "uniform", "cost", or "widths:CRITERION-ALLOCATION" (widths of another criterion)
     distill: bool
     seed: int
     replica: str = ""  # "rerun": the same settings trained again from scratch in its own folder
+    class_weights: str = ""  # "Pedestrian=3,Cyclist=3": class priorities of the scoring criteria
 
     def name(self) -> str:
         mode = "distill" if self.distill else "plain"
-        return f"{self.criterion}-{self.allocation}-{mode}-seed{self.seed}" + (f"-{self.replica}" if self.replica else "")
+        allocation = self.allocation.replace(":", "-of-")
+        weights = f"-cw-{self.class_weights.replace(',', '_')}" if self.class_weights else ""
+        return (f"{self.criterion}-{allocation}-{mode}-seed{self.seed}" + (f"-{self.replica}" if self.replica else "")
+                + weights)
 
     def label(self) -> str:
         return f"flops {self.target:g} {self.name()}"
 
     def describe(self) -> dict:
-        return asdict(self)
+        # a setting enters the cache key only when used, so the cells cached before it keep their keys
+        described = asdict(self)
+        if not self.class_weights:
+            del described["class_weights"]
+        return described
+
+
+WIDTHS_PREFIX = "widths:"
+
+
+def split_allocation(token: str) -> tuple[str, str | None]:
+    """(allocation, criterion the widths come from or None): "widths:saliency-global" -> ("global", "saliency")."""
+    if not token.startswith(WIDTHS_PREFIX):
+        return token, None
+    criterion, _, allocation = token[len(WIDTHS_PREFIX):].partition("-")
+    return allocation or "global", criterion
+
+
+def allocation_label(token: str) -> str:
+    """How a table names an allocation: "widths:saliency-global" -> "widths of saliency-global"."""
+    return f"widths of {token[len(WIDTHS_PREFIX):]}" if token.startswith(WIDTHS_PREFIX) else token
+
+
+def parse_class_weights(text: str | None, class_names: list[str] | None = None) -> dict[str, float]:
+    """{class: weight} from "Pedestrian=3,Cyclist=3"; an unknown class or a non-positive weight is an error."""
+    weights: dict[str, float] = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        name, sep, value = part.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = None
+        if not sep or not name.strip() or weight is None:
+            raise DetpruneError(f"class weights are CLASS=WEIGHT,...; got {part!r}")
+        if not weight > 0:
+            raise DetpruneError(f"class weight of {name.strip()} must be positive, got {value}")
+        weights[name.strip()] = weight
+    if class_names is not None:
+        unknown = [n for n in weights if n not in class_names]
+        if unknown:
+            raise DetpruneError(f"unknown class(es) {', '.join(unknown)} in the class weights; known: {', '.join(class_names)}")
+    return weights
 
 
 def _accepts(function: Callable, name: str) -> bool:
     return name in inspect.signature(function).parameters
 
 
-def criterion_options(name: str, seed: int) -> dict:
+def _criterion_parameters(name: str) -> set[str]:
     from detprune.criteria import get_criterion
 
-    accepted = set(inspect.signature(type(get_criterion(name)).__init__).parameters)
-    return {k: v for k, v in (("seed", seed), ("progress", False)) if k in accepted}
+    return set(inspect.signature(type(get_criterion(name)).__init__).parameters)
+
+
+# CAR evaluates the held-out images once per masked channel: a sampled, cheap configuration so one
+# fold's scoring takes minutes at 640x224 on CPU (the loss-increase proxy, not mAP)
+CAR_OPTIONS = {"metric": "loss", "max_channels_per_layer": 4}
+
+
+def criterion_options(name: str, seed: int, class_weights: dict[str, float] | None = None) -> dict:
+    accepted = _criterion_parameters(name)
+    options = {"seed": seed, "progress": False, **(CAR_OPTIONS if name == "car" else {})}
+    if class_weights:
+        options["class_weights"] = class_weights
+    return {k: v for k, v in options.items() if k in accepted}
 
 
 def metrics_of(result: dict, class_names: list[str]) -> dict:
@@ -187,7 +246,10 @@ class Runner:
         return self.out / "cells" / f"flops{cell.target:g}" / cell.name() / f"fold{fold}"
 
     def cell_settings(self, cell: Cell, fold: int) -> dict:
-        return {**self._settings(fold), **cell.describe(), **self.train_options(cell.seed)}
+        settings = {**self._settings(fold), **cell.describe(), **self.train_options(cell.seed)}
+        if "car" in (cell.criterion, split_allocation(cell.allocation)[1]):  # CAR's sampling is part of its result
+            settings["car"] = {**CAR_OPTIONS, "images": self.args.car_images}
+        return settings
 
     def is_cached(self, cell: Cell, fold: int) -> bool:
         return self._cached(self.cell_dir(cell, fold), self.cell_settings(cell, fold)) is not None
@@ -195,8 +257,13 @@ class Runner:
     def unsupported(self, cell: Cell) -> str | None:
         from detprune.pruning import prune_model
 
-        if cell.allocation != "global" and not _accepts(prune_model, "allocation"):
-            return f"allocation '{cell.allocation}' is not in this prune_model yet"
+        allocation, widths_from = split_allocation(cell.allocation)
+        if allocation != "global" and not _accepts(prune_model, "allocation"):
+            return f"allocation '{allocation}' is not in this prune_model yet"
+        if widths_from is not None and not _accepts(prune_model, "width_scores"):
+            return "widths from another criterion are not in this prune_model yet"
+        if cell.class_weights and "class_weights" not in _criterion_parameters(cell.criterion):
+            return f"{cell.criterion} takes no class weights"
         if cell.distill and distill_keyword() is None:
             return "distilled fine-tuning is not in this finetune_yolo yet"
         return None
@@ -256,7 +323,6 @@ class Runner:
 
     def cell(self, cell: Cell, fold: int) -> dict:
         from detprune.pruning import prune_model
-        from detprune.workflow.stages import score_channels
 
         a = self.args
         folder, settings = self.cell_dir(cell, fold), self.cell_settings(cell, fold)
@@ -266,17 +332,39 @@ class Runner:
         tick = time.perf_counter()
         base = self.baseline(fold)[0]
         model = copy.deepcopy(base)
-        train = self.splits[fold][0]
-        scores = score_channels(self.adapter, model, train, cell.criterion, imgsz=self.hw, batch_size=a.batch,
-                                **criterion_options(cell.criterion, cell.seed))
+        allocation, widths_from = split_allocation(cell.allocation)
+        weights = parse_class_weights(cell.class_weights, list(self.dataset.class_names))
+        scores = self.score(model, fold, cell.criterion, cell.seed, weights)
+        options = {"allocation": allocation} if _accepts(prune_model, "allocation") else {}
+        if widths_from is not None:  # widths allocated on the other criterion's scores, channels chosen by this one
+            options["width_scores"] = self.score(model, fold, widths_from, cell.seed, weights)
         scored = time.perf_counter()
-        allocation = {"allocation": cell.allocation} if _accepts(prune_model, "allocation") else {}
         pruned = prune_model(self.adapter, model, scores, target_flops=cell.target, round_to=a.round_to, imgsz=self.hw,
-                             **allocation)
+                             **options)
         teacher = copy.deepcopy(base) if cell.distill else None
         tuned, _ = self.train(pruned.model, fold, a.finetune_epochs, folder, cell.seed, every_epoch=False, teacher=teacher)
         extra = {"seconds": {"score": scored - tick, "train": time.perf_counter() - scored}}
         return self._finish(folder, settings, "pruned", fold, tuned, extra, tick)
+
+    def score(self, model, fold: int, criterion: str, seed: int, class_weights: dict[str, float]) -> dict:
+        """Channel scores of ``criterion`` on the fold's training frames (CAR: its first ``--car-images``)."""
+        from detprune.workflow.stages import score_channels
+
+        train = self.splits[fold][0]
+        if criterion == "car":
+            train = DetectionSet(list(train.class_names), list(train.samples)[:self.args.car_images], name="car-held-out")
+            from detprune.criteria import get_criterion
+
+            plan = get_criterion("car", **criterion_options("car", seed)).planned_channels(self.adapter, model)
+            passes = 1 + sum(len(c) for c in plan.values())
+            self.log(f"car fold {fold}: {CAR_OPTIONS['metric']} metric, {passes} evaluations ({len(plan)} layers x "
+                     f"<= {CAR_OPTIONS['max_channels_per_layer']} sampled channels, + 1) x {len(train)} frames")
+        tick = time.perf_counter()
+        scores = score_channels(self.adapter, model, train, criterion, imgsz=self.hw, batch_size=self.args.batch,
+                                **criterion_options(criterion, seed, class_weights))
+        if criterion == "car":
+            self.log(f"car fold {fold}: scored in {time.perf_counter() - tick:.0f} s")
+        return scores
 
     def reevaluate(self, result: dict) -> dict:
         """Evaluate a finished cell's saved model again with the evaluation code installed now.
@@ -293,7 +381,8 @@ class Runner:
             if result["kind"] == "same_budget":
                 folder = self.out / "cells" / "same_budget" / f"fold{fold}"
             else:
-                cell = Cell(s["target"], s["criterion"], s["allocation"], s["distill"], s["seed"], s.get("replica", ""))
+                cell = Cell(s["target"], s["criterion"], s["allocation"], s["distill"], s["seed"], s.get("replica", ""),
+                            s.get("class_weights", ""))
                 folder = self.cell_dir(cell, fold)
             path = folder / "finetune" / "train" / "weights" / "last.pt"
         model, _ = load_checkpoint(str(path))

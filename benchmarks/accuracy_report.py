@@ -5,14 +5,16 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from accuracy_cells import allocation_label
+
 METRICS = ("mAP50", "mAP50-95", "AP_small", "AP Car", "AP Pedestrian", "AP Cyclist", "KITTI moderate", "KITTI hard")
-GROUP = ("kind", "target", "criterion", "allocation", "distill", "seed", "replica")
+GROUP = ("kind", "target", "criterion", "allocation", "distill", "seed", "replica", "class_weights")
 
 
 def _group(cell: dict) -> tuple:
     s = cell["settings"]
     return (cell["kind"], s.get("target", 1.0), s.get("criterion", "-"), s.get("allocation", "-"),
-            s.get("distill", False), s.get("seed", 0), s.get("replica", ""))
+            s.get("distill", False), s.get("seed", 0), s.get("replica", ""), s.get("class_weights", ""))
 
 
 def _stat(values: list[float]) -> dict | None:
@@ -42,7 +44,8 @@ def summarise(cells: list[dict]) -> list[dict]:
                                [c["seconds"]["total"] for c in members])
         rows.append(row)
     order = {"unpruned": 0, "same_budget": 1, "pruned": 2}
-    rows.sort(key=lambda r: (order[r["kind"]], -r["target"], r["criterion"], r["allocation"], r["distill"], r["seed"], r["replica"]))
+    rows.sort(key=lambda r: (order[r["kind"]], -r["target"], r["criterion"], r["allocation"], r["distill"], r["seed"], r["replica"],
+                             r["class_weights"]))
     return rows
 
 
@@ -61,7 +64,8 @@ def row_name(row: dict) -> str:
         return "baseline, same budget"
     mode = "distill" if row["distill"] else "plain"
     extra = f", seed {row['seed']}" + (" rerun" if row["replica"] else "") if row["replica"] or row["seed"] else ""
-    return f"{row['criterion']} / {row['allocation']} / {mode}{extra}"
+    weights = f" / {row['class_weights']}" if row.get("class_weights") else ""
+    return f"{row['criterion']} / {allocation_label(row['allocation'])} / {mode}{weights}{extra}"
 
 
 def markdown(report: dict, args) -> str:
@@ -86,7 +90,7 @@ def markdown(report: dict, args) -> str:
                  f"interleaved at batch 1, {args.threads} threads.")
     for item in report.get("not_run", []):
         fold = f" fold {item['fold']}" if "fold" in item else ""
-        lines.append(f"- not run: flops {item['target']:g} {item['criterion']} / {item['allocation']} / "
+        lines.append(f"- not run: flops {item['target']:g} {item['criterion']} / {allocation_label(item['allocation'])} / "
                      f"{'distill' if item['distill'] else 'plain'}, seed {item['seed']}"
                      f"{' rerun' if item.get('replica') else ''}{fold}: {item['reason']}")
     return "\n".join(lines) + "\n"
@@ -118,7 +122,7 @@ def repeat_table(report: dict) -> str:
         return ""
     first = repeats[0]["settings"]
     original = [c for c in report["cells"] if c["kind"] == "pruned" and c["fold"] == 0
-                and all(c["settings"].get(k) == first.get(k) for k in ("target", "criterion", "allocation", "distill"))
+                and all(c["settings"].get(k) == first.get(k) for k in ("target", "criterion", "allocation", "distill", "class_weights"))
                 and c["settings"].get("seed") == report["settings"]["seed"] and not c["settings"].get("replica")]
     lines = ["| run (fold 0) | " + " | ".join(METRICS[:3]) + " | FLOPs kept |", "|---|---|---|---|---|"]
     for cell in original + repeats:

@@ -1,0 +1,67 @@
+"""The accuracy benchmark's cells: new settings (widths of another criterion, class weights) name
+their cells and enter the cache key only when used, so the cells cached before them keep theirs."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from accuracy_cells import Cell, allocation_label, parse_class_weights, split_allocation  # noqa: E402
+from accuracy_report import row_name, summarise  # noqa: E402
+
+from detprune.errors import DetpruneError  # noqa: E402
+
+CLASSES = ["Car", "Pedestrian", "Cyclist"]
+
+
+def test_plain_cell_keeps_the_key_and_folder_it_had():
+    cell = Cell(0.5, "saliency", "global", False, 0)
+    # the key and folder of the cells cached before class weights and widths:... existed
+    assert cell.describe() == {"target": 0.5, "criterion": "saliency", "allocation": "global", "distill": False,
+                               "seed": 0, "replica": ""}
+    assert cell.name() == "saliency-global-plain-seed0"
+
+
+def test_new_settings_change_key_and_folder():
+    plain = Cell(0.5, "saliency", "global", False, 0)
+    weighted = Cell(0.5, "saliency", "global", False, 0, class_weights="Pedestrian=3,Cyclist=3")
+    widths = Cell(0.5, "catro", "widths:saliency-global", False, 0)
+    assert weighted.describe()["class_weights"] == "Pedestrian=3,Cyclist=3"
+    assert len({plain.name(), weighted.name(), widths.name()}) == 3
+    assert all("/" not in c.name() and ":" not in c.name() for c in (weighted, widths))
+
+
+def test_allocation_tokens():
+    assert split_allocation("cost") == ("cost", None)
+    assert split_allocation("widths:saliency-global") == ("global", "saliency")
+    assert split_allocation("widths:taylor-cost") == ("cost", "taylor")
+    assert split_allocation("widths:saliency") == ("global", "saliency")
+    assert allocation_label("widths:saliency-global") == "widths of saliency-global"
+    assert allocation_label("uniform") == "uniform"
+
+
+def test_class_weights_parse_and_errors():
+    assert parse_class_weights("Pedestrian=3, Cyclist=2.5", CLASSES) == {"Pedestrian": 3.0, "Cyclist": 2.5}
+    assert parse_class_weights(None) == {}
+    for bad, says in [("Pedestrian", "CLASS=WEIGHT"), ("Pedestrian=x", "CLASS=WEIGHT"),
+                      ("Pedestrian=0", "positive"), ("Cyclist=-1", "positive"), ("Dog=2", "known: Car, Pedestrian")]:
+        with pytest.raises(DetpruneError, match=says):
+            parse_class_weights(bad, CLASSES)
+
+
+def _result(cell: Cell, fold: int, map50: float) -> dict:
+    metrics = {"mAP50": map50}
+    return {"kind": "pruned", "fold": fold, "settings": cell.describe(), "metrics": metrics, "params": 1.0,
+            "flops": 1.0, "flops_kept": 0.5, "seconds": {"total": 1.0}}
+
+
+def test_report_rows_keep_weighted_and_plain_apart():
+    plain = Cell(0.5, "saliency", "global", False, 0)
+    weighted = Cell(0.5, "saliency", "global", False, 0, class_weights="Pedestrian=3,Cyclist=3")
+    widths = Cell(0.5, "catro", "widths:saliency-global", False, 0)
+    rows = summarise([_result(plain, 0, 10.0), _result(weighted, 0, 20.0), _result(widths, 0, 30.0)])
+    names = {row_name(r): r["mAP50"]["mean"] for r in rows}
+    assert names == {"saliency / global / plain": 10.0, "saliency / global / plain / Pedestrian=3,Cyclist=3": 20.0,
+                     "catro / widths of saliency-global / plain": 30.0}
