@@ -22,6 +22,7 @@ from detprune.utils.checkpoints import load_policy
 # Order is the order ``detprune --help`` lists them in.
 COMMANDS: tuple[str, ...] = (
     "data",
+    "train",
     "score",
     "prune",
     "search",

@@ -50,6 +50,10 @@ def rehead(model: nn.Module, class_names: list[str]) -> None:
     head = _head(model)
     nc = len(class_names)
     if nc != head.nc:
+        from detprune.utils.checkpoints import notice
+
+        notice(f"class head re-initialised for {nc} classes ({', '.join(map(str, class_names))}); "
+               f"the model had {head.nc}: its class predictors start new, the rest keeps its weights")
         for name in ("cv3", "one2one_cv3"):
             branches = getattr(head, name, None)
             if branches is None:
