@@ -5,7 +5,9 @@ For each model and latency target T, two cuts of the same L1-magnitude scores:
 * ``flops``: the FLOPs-based cut, FLOPs kept = T (``--flops-search`` instead bisects the FLOPs
   fraction, timing each candidate, as ``detprune prune --latency-search flops`` does);
 * ``latency``: the knapsack on the latency table's predicted cost (HALP), aimed at a predicted
-  latency of T, verified by timing and refined once (``detprune prune --latency-search table``).
+  latency of T, verified by timing and refined up to twice (``detprune prune --latency-search table``).
+
+A target the limits cannot reach (min channels, max ratio) is a row saying so, not an abort.
 
 Then the original and every cut of the model are timed interleaved in ONE session on ONNX
 Runtime (one thread by default) and the achieved latency fraction printed for each, with the
@@ -39,7 +41,7 @@ def cuts_for(adapter, model, scores, table, targets, args) -> dict:
     from detprune.pruning import prune_model
     from detprune.pruning.latency_target import prune_by_table, prune_to_latency
 
-    out = {}
+    out, unreached = {}, {}
     for target in targets:
         if args.flops_search:
             result, search = prune_to_latency(adapter, model, scores, target=target, imgsz=args.imgsz, runs=args.runs,
@@ -49,10 +51,15 @@ def cuts_for(adapter, model, scores, table, targets, args) -> dict:
             result = prune_model(adapter, copy.deepcopy(model), scores, target_flops=target, allocation="cost",
                                  cost="flops", latency_table=table, imgsz=args.imgsz)
             out[f"flops {target:g}"] = (result, {})
-        result, search = prune_by_table(adapter, model, scores, table, target=target, imgsz=args.imgsz, runs=args.runs,
-                                        threads=args.threads, allocation="cost", progress=print)
+        try:
+            result, search = prune_by_table(adapter, model, scores, table, target=target, imgsz=args.imgsz,
+                                            runs=args.runs, threads=args.threads, allocation="cost", progress=print)
+        except DetpruneError as err:  # e.g. the limits cannot reach the target
+            print(f"latency {target:g}: {err}")
+            unreached[f"latency {target:g}"] = str(err)
+            continue
         out[f"latency {target:g}"] = (result, {"candidates": len(search.candidates), "within_tolerance": search.within_tolerance})
-    return out
+    return out, unreached
 
 
 def run_model(spec: str, args) -> dict:
@@ -65,7 +72,7 @@ def run_model(spec: str, args) -> dict:
     scores = get_criterion("l1").score(adapter, model)
     table = latency_table(adapter, model, backend="onnxruntime", imgsz=args.imgsz, threads=args.threads,
                           check_cuts=args.check_cuts, runs=args.table_runs, cache=args.cache)
-    cuts = cuts_for(adapter, model, scores, table, args.targets, args)
+    cuts, unreached = cuts_for(adapter, model, scores, table, args.targets, args)
     measured = time_models(adapter, {"original": model, **{k: r.model for k, (r, _) in cuts.items()}}, args.imgsz,
                            "onnxruntime", args.threads, 3, args.final_runs)
     original = measured.pop("original")
@@ -76,6 +83,8 @@ def run_model(spec: str, args) -> dict:
                      "predicted": result.achieved.get("latency"), "flops_kept": result.achieved["flops"],
                      "ms": measured[label], **record})
     check = {k: v for k, v in table.check.items() if k != "rows"}
+    rows += [{"cut": label.split()[0], "target": float(label.split()[1]), "achieved": None, "predicted": None,
+              "flops_kept": None, "note": note} for label, note in unreached.items()]
     return {"model": spec, "imgsz": args.imgsz, "threads": args.threads, "original_ms": original, "table": table.key,
             "table_check": check, "rows": rows}
 
@@ -87,6 +96,9 @@ def print_model(entry: dict) -> None:
           f"{check.get('max_error') or float('nan'):.1%} max on {check.get('cuts', 0)} random cuts")
     print(f"{'target':>6}  {'cut':<8} {'achieved':>8} {'predicted':>9} {'FLOPs kept':>10}")
     for row in sorted(entry["rows"], key=lambda r: (-r["target"], r["cut"])):
+        if row["achieved"] is None:
+            print(f"{row['target']:>6.2f}  {row['cut']:<8} not reached: {row['note']}")
+            continue
         predicted = f"{row['predicted']:.3f}" if row["predicted"] is not None else "-"
         print(f"{row['target']:>6.2f}  {row['cut']:<8} {row['achieved']:>8.3f} {predicted:>9} {row['flops_kept']:>10.1%}")
 

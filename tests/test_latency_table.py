@@ -241,3 +241,14 @@ def test_target_latency_uses_the_cached_table_and_reports_predicted_and_measured
     assert chosen["predicted_ratio"] == search["predicted_ratio"] and chosen["latency_ratio"] == search["measured_ratio"]
     assert abs(chosen["predicted_ratio"] - chosen["latency_aim"]) <= 0.02 * chosen["latency_aim"]
     assert os.listdir(cache) == [f"{key}.json"]  # nothing measured into the cache
+
+
+def test_the_aim_is_refined_by_the_ratio_then_along_the_secant():
+    from detprune.pruning.latency_target import Candidate, next_aim
+
+    first = Candidate(None, None, 0.6, latency_aim=0.5)  # asked 0.5, measured 0.6: the table under-predicts
+    assert next_aim([first], 0.5) == pytest.approx(0.5 * 0.5 / 0.6)
+    second = Candidate(None, None, 0.55, latency_aim=0.4)  # measured falls 0.05 per 0.1 of aim
+    assert next_aim([first, second], 0.5) == pytest.approx(0.4 + (0.5 - 0.55) / 0.5)  # the secant: 0.3
+    flat = Candidate(None, None, 0.55, latency_aim=0.3)  # no slope: back to the ratio
+    assert next_aim([second, flat], 0.5) == pytest.approx(0.3 * 0.5 / 0.55)

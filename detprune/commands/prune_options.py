@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where latency is measured, for --target-latency and --cost latency: onnxruntime "
                              "(CPU), torch-cuda (FP16) or tensorrt")
     target.add_argument("--latency-search", choices=("table", "flops"), default="table",
-                        help="table (default): choose the cut by a per-layer latency table, verify, refine once; "
+                        help="table (default): choose the cut by a per-layer latency table, verify, refine up to twice; "
                              "flops: bisect on the FLOPs fraction, timing every candidate")
     target.add_argument("--latency-cache", default=None, metavar="DIR",
                         help="where latency tables are kept (default $DETPRUNE_LATENCY_CACHE or ~/.cache/detprune/latency)")

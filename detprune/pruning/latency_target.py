@@ -175,6 +175,7 @@ def prune_by_table(
     warmup: int = 5,
     runs: int = 30,
     threads: int | None = None,
+    refinements: int = 2,
     progress: Callable[[str], None] | None = None,
     **prune_options: Any,
 ) -> tuple[PruneResult, LatencySearch]:
@@ -183,8 +184,11 @@ def prune_by_table(
     The cut is the one whose predicted latency is ``target`` of the original's (with
     ``allocation="cost"`` the knapsack spends predicted latency, HALP); it is timed interleaved
     with the original on the table's backend, and where the measured ratio lies further than
-    ``tolerance`` from the target the predicted aim is corrected once by target / measured and
-    the cut repeated. The candidate measured nearest the target is returned, with the record.
+    ``tolerance`` from the target the predicted aim is corrected and the cut repeated, at most
+    ``refinements`` times: first by target / measured, then along the secant through the last
+    two (aim, measured) pairs (the table's error is not a constant factor: a model whose
+    untimed operations, attention for one, shrink with the channels drifts further as the cut
+    deepens). The candidate measured nearest the target is returned, with the record.
     """
     target = check_fraction("target_latency", target)
     if not 0 < tolerance < 1:
@@ -197,7 +201,9 @@ def prune_by_table(
     aim = target
     with tempfile.TemporaryDirectory(prefix="detprune-latency-target-") as work:
         timer = CandidateTimer(adapter, model, backend, imgsz, warmup, runs, threads, Path(work))
-        for step in range(2):
+        if refinements < 0:
+            raise DetpruneError(f"refinements must be >= 0, got {refinements}")
+        for step in range(1 + refinements):
             try:
                 result = prune_model(adapter, copy.deepcopy(model), scores, target_latency=aim, latency_table=table,
                                      imgsz=imgsz, **prune_options)
@@ -216,7 +222,7 @@ def prune_by_table(
                 f"({result.achieved['flops']:.1%} of the FLOPs)")
             if abs(ratio - target) <= tolerance * target:
                 break
-            aim = min(max(aim * target / ratio, 0.01), 0.999)  # the table was off by measured / predicted
+            aim = min(max(next_aim(search.candidates, target), 0.01), 0.999)
     measured = [(k, c) for k, c in enumerate(search.candidates) if c.latency_ratio is not None]
     chosen, _ = min(measured, key=lambda kc: abs(kc[1].latency_ratio - target))
     search.chosen = chosen
@@ -224,6 +230,20 @@ def prune_by_table(
         say(f"--target-latency {target:g}: the nearest measured cut is x{search.measured_ratio:.3f}, "
             f"outside {tolerance:.0%} (try --latency-search flops, or a wider --latency-tolerance)")
     return results[[k for k, _ in measured].index(chosen)], search
+
+
+def next_aim(candidates: list[Candidate], target: float) -> float:
+    """The predicted fraction to ask for next: scaled by target / measured after one cut, along
+    the secant through the last two measured cuts after more (scaled where they coincide)."""
+    measured = [c for c in candidates if c.latency_ratio is not None]
+    last = measured[-1]
+    if len(measured) >= 2:
+        before = measured[-2]
+        slope = (last.latency_ratio - before.latency_ratio) / (last.latency_aim - before.latency_aim) \
+            if last.latency_aim != before.latency_aim else 0.0
+        if slope > 0:
+            return last.latency_aim + (target - last.latency_ratio) / slope
+    return last.latency_aim * target / last.latency_ratio  # the table was off by measured / predicted
 
 
 def _measure(adapter, model, scores, fraction, imgsz, timer: "CandidateTimer", prune_options) -> tuple[Candidate, PruneResult | None]:
