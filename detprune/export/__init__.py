@@ -9,6 +9,9 @@
 TensorRT is imported only when an engine is built or loaded.
 """
 
+import sys
+import types
+
 from detprune.export.latency import BACKENDS, LatencyStats, measure_latency
 from detprune.export.onnx import ExportResult, OnnxModel, Parity, export_onnx, graph_precision, load_onnx
 from detprune.export.precision import PrecisionResult, convert_fp16, decode_tail, quantize_int8
@@ -20,6 +23,18 @@ def build_engine(*args, **kwargs):
 
     return build(*args, **kwargs)
 
+
+class _CallablePackage(types.ModuleType):
+    """Importing this package makes it the attribute ``detprune.export``, hiding the API
+    function of that name; calling the package therefore is calling that function."""
+
+    def __call__(self, *args, **kwargs):
+        from detprune.api import export
+
+        return export(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage
 
 __all__ = [
     "BACKENDS",
