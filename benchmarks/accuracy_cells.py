@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import torch
 
+from detprune.criteria.class_weights import parse_class_weights
 from detprune.data.types import DetectionSet
 from detprune.errors import DetpruneError
 from detprune.utils.atomic import write_text
@@ -81,29 +82,6 @@ def split_allocation(token: str) -> tuple[str, str | None]:
 def allocation_label(token: str) -> str:
     """How a table names an allocation: "widths:saliency-global" -> "widths of saliency-global"."""
     return f"widths of {token[len(WIDTHS_PREFIX):]}" if token.startswith(WIDTHS_PREFIX) else token
-
-
-def parse_class_weights(text: str | None, class_names: list[str] | None = None) -> dict[str, float]:
-    """{class: weight} from "Pedestrian=3,Cyclist=3"; an unknown class or a non-positive weight is an error."""
-    weights: dict[str, float] = {}
-    for part in (text or "").split(","):
-        if not part.strip():
-            continue
-        name, sep, value = part.partition("=")
-        try:
-            weight = float(value)
-        except ValueError:
-            weight = None
-        if not sep or not name.strip() or weight is None:
-            raise DetpruneError(f"class weights are CLASS=WEIGHT,...; got {part!r}")
-        if not weight > 0:
-            raise DetpruneError(f"class weight of {name.strip()} must be positive, got {value}")
-        weights[name.strip()] = weight
-    if class_names is not None:
-        unknown = [n for n in weights if n not in class_names]
-        if unknown:
-            raise DetpruneError(f"unknown class(es) {', '.join(unknown)} in the class weights; known: {', '.join(class_names)}")
-    return weights
 
 
 def _accepts(function: Callable, name: str) -> bool:

@@ -192,6 +192,10 @@ class YoloAdapter(DetectorAdapter):
         """ultralytics' own training loss (box + cls + dfl/l1, times batch size) for ``batch``."""
         return objective.detection_loss(model, batch)
 
+    def weighted_detection_loss(self, model: nn.Module, batch: Batch, box_weights: list[torch.Tensor]) -> torch.Tensor:
+        """The loss with each GT box's terms scaled by its weight (class priorities of the criteria)."""
+        return objective.weighted_detection_loss(model, batch, box_weights)
+
     def detection_utility(self, model: nn.Module, batch: Batch, *, utility: str = "score") -> torch.Tensor:
         """See :func:`detprune.adapters.yolo_objective.detection_utility`."""
         return objective.detection_utility(model, batch, utility=utility)

@@ -120,6 +120,53 @@ def detection_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
     return loss.sum()
 
 
+def weighted_detection_loss(model: nn.Module, batch: Batch, box_weights: list[torch.Tensor]) -> torch.Tensor:
+    """:func:`detection_loss` with each GT box's terms scaled by its weight (``box_weights``: per
+    image, one per box of ``batch.boxes``; ignore boxes' weights are unused).
+
+    An anchor assigned to a box has its class BCE and its box/DFL terms multiplied by that box's
+    weight; unassigned anchors and the normaliser (the sum of target scores) are left as they are,
+    so weights of 1 give :func:`detection_loss`. Done by wrapping the fresh criterion's assigner,
+    BCE and box loss (ultralytics' v8 loss, also both branches of YOLO26's).
+    """
+    _ensure_hyperparameters(model)
+    device = _device(model)
+    targets = ultralytics_targets(batch, device)
+    _check_labels(model, targets)
+    kept = [w.to(device, torch.float32).reshape(-1)[((~ignore.bool()) & (labels >= 0)).to(device)]
+            for w, labels, ignore in zip(box_weights, batch.labels, batch.ignore)]
+    criterion = model.init_criterion()
+    parts = [getattr(criterion, "one2many", None), getattr(criterion, "one2one", None)]
+    parts = [criterion] if parts[0] is None else parts
+    for part in parts:
+        if not all(hasattr(part, a) for a in ("assigner", "bce", "bbox_loss")):
+            raise BadInputError(f"the loss of this YOLO head ({type(part).__name__}) cannot weigh its boxes")
+        _weigh_boxes(part, kept)
+    loss, _ = criterion(model(targets["img"]), targets)
+    return loss.sum()
+
+
+def _weigh_boxes(loss: Any, kept: list[torch.Tensor]) -> None:
+    """Scale, per anchor, the BCE and box terms of ``loss`` (one v8 loss instance) by its box's weight."""
+    assign, bce, bbox = loss.assigner, loss.bce, loss.bbox_loss
+    anchor: dict[str, torch.Tensor] = {}
+
+    def assigner(*args, **kwargs):
+        out = assign(*args, **kwargs)
+        fg_mask, gt_idx = out[3], out[4].long()
+        width = max(int(args[3].shape[1]), 1)  # the padded boxes per image (args: scores, boxes, anchors, labels, ...)
+        padded = torch.ones(len(kept), width, device=gt_idx.device)
+        for i, w in enumerate(kept):
+            padded[i, :len(w)] = w
+        anchor["w"] = torch.where(fg_mask.bool(), padded.gather(1, gt_idx.clamp(max=width - 1)), 1.0)
+        return out
+
+    loss.assigner = assigner
+    loss.bce = lambda pred, target: bce(pred, target) * anchor["w"][..., None].to(pred.dtype)
+    loss.bbox_loss = lambda dist, boxes, points, target_boxes, scores, *rest: bbox(
+        dist, boxes, points, target_boxes, scores * anchor["w"][..., None].to(scores.dtype), *rest)
+
+
 def _raw_one2many(preds: Any) -> dict[str, torch.Tensor]:
     raw = preds[1] if isinstance(preds, tuple) else preds
     return raw["one2many"] if "one2many" in raw else raw

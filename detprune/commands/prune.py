@@ -99,6 +99,10 @@ def load_stage(state: PruneRun) -> None:
             raise DetpruneError(f"--widths-from {args.widths_from} scores on images: give --data")
     if args.data:
         state.dataset, state.train, state.val = _datasets(args)
+        if getattr(state.criterion, "class_weights", None):  # a typo fails before any evaluation or scoring
+            from detprune.criteria.class_weights import check_class_weights
+
+            check_class_weights(state.criterion.class_weights, list(state.dataset.class_names))
     state.adapter = get_adapter(args.model)
     model, aligned = load_for_data(state.adapter, args.model, state.dataset, weights=args.weights, rehead=True)
     if aligned is not state.dataset:  # a trained model's classes in another order: the data's labels follow it
@@ -302,7 +306,24 @@ def _criterion(args: argparse.Namespace, name: str | None = None, options: bool 
     from detprune.criteria.base import build_criterion, parse_options
 
     chosen = parse_options(args.criterion_option) if options else {}
-    return build_criterion(name or args.criterion, chosen, {"seed": args.seed, "progress": True})
+    defaults = {"seed": args.seed, "progress": True}
+    if getattr(args, "class_weights", None) is not None:  # the main criterion must take them; --widths-from's gets them where it does
+        from detprune.criteria.class_weights import parse_class_weights
+        from detprune.errors import DetpruneError
+
+        weights = parse_class_weights(args.class_weights)
+        if options and not _takes_class_weights(args.criterion):
+            raise DetpruneError(f"--class-weights does not apply to criterion {args.criterion!r}")
+        (chosen if options else defaults)["class_weights"] = weights
+    return build_criterion(name or args.criterion, chosen, defaults)
+
+
+def _takes_class_weights(name: str) -> bool:
+    import inspect
+
+    from detprune.criteria import get_criterion
+
+    return "class_weights" in inspect.signature(type(get_criterion(name)).__init__).parameters
 
 
 def _datasets(args: argparse.Namespace):
@@ -354,6 +375,8 @@ def _report(state: PruneRun) -> dict:
     report["criterion"] = None if state.args.scores else state.args.criterion
     report["scores"] = "scores.pt"
     report["allocation"] = allocation_record(state.args, result)
+    if getattr(state.criterion, "class_weights", None) and not state.args.scores:
+        report["class_weights"] = dict(state.criterion.class_weights)
     if state.width_scores is not None:
         report["width_scores"] = "width_scores.pt"
     report["imgsz"] = state.args.imgsz

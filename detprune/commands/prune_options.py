@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     scoring.add_argument("--criterion", default="magnitude", help="magnitude (= l1, default), l2, bn-scale, random, saliency, taylor, snip ...")
     scoring.add_argument("--criterion-option", action="append", default=None, metavar="KEY=VALUE",
                          help="an option of the criterion, e.g. max_channels_per_layer=4 for car (repeatable)")
+    scoring.add_argument("--class-weights", default=None, metavar="CLASS=W,...",
+                         help="class priorities of a data-driven criterion (and --widths-from's), e.g. "
+                              "Pedestrian=3,Cyclist=3 or a YAML mapping file; unlisted classes weigh 1")
     scoring.add_argument("--scores", default=None, help="a scores.pt written by 'detprune score', used instead of --criterion")
     scoring.add_argument("--batch-size", type=int, default=8, help="batch size of data-driven scoring")
     scoring.add_argument("--max-images", type=int, default=None, help="score on a seeded random subset of this many images")
@@ -128,6 +131,12 @@ def validate(args: argparse.Namespace) -> None:
                 raise DetpruneError(flag + str(err)[len(k):]) from None
         raise
     _validate_allocation(args)
+    if args.class_weights is not None:
+        from detprune.criteria.class_weights import parse_class_weights
+
+        if args.scores is not None:
+            raise DetpruneError("--class-weights weighs the scoring of --criterion; scores read from --scores are already made")
+        parse_class_weights(args.class_weights)  # bad syntax: one line before anything runs
     if args.round_to < 1:
         raise DetpruneError(f"--round-to must be >= 1 (1 = no rounding), got {args.round_to}")
     if args.min_channels < 1:

@@ -45,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--criterion", default="saliency", help="saliency (default), taylor, l1, l2, bn, random, catro, car ...")
     parser.add_argument("--criterion-option", action="append", default=None, metavar="KEY=VALUE",
                         help="any other option of the criterion, e.g. samples_per_class=20 for catro (repeatable)")
+    parser.add_argument("--class-weights", default=None, metavar="CLASS=W,...",
+                        help="class priorities of a data-driven criterion, e.g. Pedestrian=3,Cyclist=3 (or a YAML "
+                             "mapping file); unlisted classes weigh 1")
     box = parser.add_argument_group("box-weighted saliency")
     box.add_argument("--context", type=float, default=None, help="weight of the ring around each box (default 0.5)")
     box.add_argument("--context-scale", type=float, default=None, help="box growth factor bounding the ring (default 1.5)")
@@ -84,6 +87,10 @@ def run(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     dataset = _dataset(args) if args.data else None
+    if getattr(criterion, "class_weights", None) and dataset is not None:  # before the model loads: a typo fails fast
+        from detprune.criteria.class_weights import check_class_weights
+
+        check_class_weights(criterion.class_weights, list(dataset.class_names))
     adapter = get_adapter(args.model)
     model = adapter.load(args.model, weights=args.weights, class_names=dataset.class_names if dataset else None)
     model = adapter.prepare_for_pruning(model).to(device)
@@ -112,6 +119,12 @@ def _criterion(args: argparse.Namespace, get_criterion):
             flag = "--no-box-norm" if dest == "normalize_boxes" else "--" + dest.replace("_", "-")
             raise DetpruneError(f"{flag} does not apply to criterion {args.criterion!r}")
         options[keyword] = value
+    if getattr(args, "class_weights", None) is not None:
+        from detprune.criteria.class_weights import parse_class_weights
+
+        if "class_weights" not in accepted:
+            raise DetpruneError(f"--class-weights does not apply to criterion {args.criterion!r}")
+        options["class_weights"] = parse_class_weights(args.class_weights)
     return build_criterion(args.criterion, options, {"seed": args.seed, "progress": True})
 
 

@@ -17,6 +17,12 @@ set is re-evaluated:
     metric="map":            s[c] = mAP(intact) - mAP(masked)   (COCO AP .50:.95 of
                              adapter.predict on the held-out set)
 
+``class_weights`` (``{class name: weight > 0}``, unlisted classes weigh 1): with
+``metric="map"`` a channel's score is the weighted mean of the per-class AP drops,
+``sum_k w_k (AP_k(intact) - AP_k(masked)) / sum_k w_k`` over the classes with an AP; with
+``metric="loss"`` each GT box's loss terms are scaled by its class's weight, which needs the
+adapter's ``weighted_detection_loss`` (a family without one is a one-line error).
+
 ``per_class=True`` (with ``metric="map"``) also records each class's AP drop per channel in
 ``last_class_drops`` (:func:`plot_class_drops` draws them): the channels a class depends on.
 
@@ -50,7 +56,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Literal, Sequence
+from typing import Callable, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -58,6 +64,7 @@ from torch import nn
 
 from detprune.adapters.base import DetectorAdapter
 from detprune.criteria.base import ChannelScores, Criterion, register_criterion
+from detprune.criteria.class_weights import check_class_weights, weight_table, weighted_loss
 from detprune.criteria.hooks import model_device, out_channels, scoring_state
 from detprune.data.batch import Batch
 from detprune.data.types import DetectionSet
@@ -108,9 +115,20 @@ class ChannelMask:
 class HeldOut:
     """The held-out batches (in memory, on the model's device) and how to evaluate a model on them."""
 
-    def __init__(self, adapter: DetectorAdapter, model: nn.Module, batches: Iterable[Batch], metric: str) -> None:
+    def __init__(self, adapter: DetectorAdapter, model: nn.Module, batches: Iterable[Batch], metric: str,
+                 class_weights: Mapping[str, float] | None = None) -> None:
         device = model_device(model)
         self.adapter, self.model, self.metric = adapter, model, metric
+        self.table = None  # per label id, for the loss; the mAP weighs its per-class APs by name
+        self.class_weights: dict[str, float] = {}
+        if class_weights:
+            names = list(adapter.class_names(model))
+            self.table = weight_table(class_weights, names, "car")
+            if self.table is not None:
+                self.class_weights = {n: float(w) for n, w in zip(names, self.table.tolist())}
+            if self.table is not None and metric == "loss" and getattr(adapter, "weighted_detection_loss", None) is None:
+                raise DetpruneError(f"car: metric 'loss' cannot weigh classes with the {adapter.family} adapter "
+                                    "(its detection loss has no per-box weights); use metric='map'")
         self.batches = [batch.to(device) for batch in batches]
         if not self.batches:
             raise DetpruneError("car needs a held-out set: the batches are empty")
@@ -124,7 +142,7 @@ class HeldOut:
         """(value, per-class AP): total detection loss, or mAP with per-class AP."""
         if self.metric == "loss":
             with scoring_state(self.model, train=True), torch.no_grad():
-                total = sum(float(self.adapter.detection_loss(self.model, b)) for b in self.batches)
+                total = sum(float(weighted_loss(self.adapter, self.model, b, self.table, "car")) for b in self.batches)
             return total, {}
         from detprune.evaluation.protocol import evaluate_detections
 
@@ -133,6 +151,13 @@ class HeldOut:
         result = evaluate_detections(self.dataset, predictions, kitti=False)
         per_class = {k: float(v) for k, v in result["per_class_AP"].items() if v is not None}
         return float(result["mAP"] or 0.0), per_class
+
+    def weighted_drop(self, base: dict[str, float], masked: dict[str, float]) -> float:
+        """The class-weighted mean of the AP drops over the classes the intact model has an AP for."""
+        if not base:
+            return 0.0
+        weights = {k: self.class_weights.get(k, 1.0) for k in base}
+        return sum(w * (base[k] - masked.get(k, 0.0)) for k, w in weights.items()) / sum(weights.values())
 
 
 @register_criterion
@@ -148,9 +173,11 @@ class CAR(Criterion):
         max_channels_per_layer: int | None = 8,
         layers: Sequence[str] | None = None,
         per_class: bool = False,
+        class_weights: Mapping[str, float] | None = None,
         seed: int | None = 0,
         progress: bool = True,
     ) -> None:
+        self.class_weights = check_class_weights(class_weights)
         if metric not in METRICS:
             raise DetpruneError(f"car: metric must be one of {', '.join(METRICS)}, got {metric!r}")
         if per_class and metric != "map":
@@ -169,7 +196,8 @@ class CAR(Criterion):
 
     def options(self) -> dict:
         return {"metric": self.metric, "max_channels_per_layer": self.max_channels_per_layer,
-                "layers": self.layers, "per_class": self.per_class, "seed": self.seed}
+                "layers": self.layers, "per_class": self.per_class,
+                **({"class_weights": dict(self.class_weights)} if self.class_weights else {}), "seed": self.seed}
 
     def planned_channels(self, adapter: DetectorAdapter, model: nn.Module) -> dict[str, np.ndarray]:
         """{layer: the channels that will be masked}, in the order they are measured."""
@@ -192,7 +220,7 @@ class CAR(Criterion):
         tick = time.perf_counter()
         points = adapter.activation_points(model)
         plan = self.planned_channels(adapter, model)
-        held = HeldOut(adapter, model, batches, self.metric)
+        held = HeldOut(adapter, model, batches, self.metric, self.class_weights)
         evaluations = 1 + sum(len(c) for c in plan.values())
         stats = CarStats(images=held.images, batches=len(held.batches), evaluations=evaluations,
                          forward_passes=evaluations * len(held.batches))
@@ -213,7 +241,12 @@ class CAR(Criterion):
                     for i, channel in enumerate(channels.tolist()):
                         mask.channel = channel
                         value, per_class = held.evaluate()
-                        drops[i] = value - base if self.metric == "loss" else base - value
+                        if self.metric == "loss":
+                            drops[i] = value - base
+                        elif held.class_weights:  # the per-class AP drops, weighted
+                            drops[i] = held.weighted_drop(base_classes, per_class)
+                        else:
+                            drops[i] = base - value
                         for k in class_drops:
                             class_drops[k][i] = base_classes[k] - per_class.get(k, 0.0)
                         bar.update()

@@ -31,6 +31,11 @@ so for a fixed ``lambda`` the best subset is exactly the top ``k`` of ``b_c - la
 counts, sums (``C x k^2``) and sums of squares (``C``) are accumulated: memory is
 ``O(classes x channels x k^2)`` whatever the number of samples.
 
+``class_weights`` (``{class name: weight > 0}``) counts each sample of a class as that many
+samples: ``n_j``, the class sums and sums of squares are scaled by the class's weight (the
+overall mean becomes the weighted mean), so separating a weighted class from the others
+weighs more in both traces; background weighs 1.
+
 Outputs: :meth:`CATRO.score` gives channel ``c`` the marginal gain ``b_c - lambda* w_c`` at
 the converged ``lambda*`` for the layer's ``keep_fraction`` (for the pruner's global
 allocation); :meth:`CATRO.kept_sets` gives each layer's chosen subset for
@@ -45,7 +50,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import numpy as np
 import torch
@@ -54,6 +59,7 @@ from torchvision.ops import roi_align
 
 from detprune.adapters.base import DetectorAdapter
 from detprune.criteria.base import ChannelScores, Criterion, register_criterion
+from detprune.criteria.class_weights import check_class_weights, weight_table
 from detprune.criteria.hooks import model_device, scoring_state
 from detprune.data.batch import Batch
 from detprune.errors import DetpruneError
@@ -149,14 +155,18 @@ class ClassStatistics:
             self.sums[cls] = total if cls not in self.sums else self.sums[cls] + total
             self.squares[cls] = squares if cls not in self.squares else self.squares[cls] + squares
 
-    def scatter(self) -> tuple[np.ndarray, np.ndarray]:
-        """(b, w): each channel's share of tr(S_b) and tr(S_w)."""
+    def scatter(self, weights: Mapping[int, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(b, w): each channel's share of tr(S_b) and tr(S_w); ``weights`` {class id: weight}
+        count a class's samples that many times (absent ids weigh 1)."""
         classes = sorted(self.counts)
-        n = torch.tensor([self.counts[j] for j in classes], dtype=torch.float64)
+        scale = {j: float((weights or {}).get(j, 1.0)) for j in classes}
+        n = torch.tensor([self.counts[j] * scale[j] for j in classes], dtype=torch.float64)
+        sums = torch.stack([self.sums[j] * scale[j] if scale[j] != 1.0 else self.sums[j] for j in classes])
+        squares = torch.stack([self.squares[j] * scale[j] if scale[j] != 1.0 else self.squares[j] for j in classes])
         means = torch.stack([self.sums[j] / self.counts[j] for j in classes])  # J, C, k^2
-        overall = torch.stack([self.sums[j] for j in classes]).sum(0) / n.sum()
+        overall = sums.sum(0) / n.sum()
         between = (n[:, None] * (means - overall).pow(2).sum(2)).sum(0)
-        within = torch.stack([self.squares[j] for j in classes]).sum(0) - (n[:, None] * means.pow(2).sum(2)).sum(0)
+        within = squares.sum(0) - (n[:, None] * means.pow(2).sum(2)).sum(0)
         return between.numpy(), within.clamp_min(0.0).numpy()  # clamp: rounding of sums of squares
 
 
@@ -232,9 +242,11 @@ class CATRO(Criterion):
         roi_size: int = 3,
         keep_fraction: float = 0.5,
         background: bool = True,
+        class_weights: Mapping[str, float] | None = None,
         seed: int | None = 0,
         progress: bool = True,
     ) -> None:
+        self.class_weights = check_class_weights(class_weights)
         if samples_per_class < 2 or roi_size < 1 or not 0.0 < keep_fraction <= 1.0:
             raise DetpruneError("catro: samples_per_class >= 2, roi_size >= 1 and 0 < keep_fraction <= 1")
         self.samples_per_class = samples_per_class
@@ -248,7 +260,8 @@ class CATRO(Criterion):
 
     def options(self) -> dict:
         return {"samples_per_class": self.samples_per_class, "roi_size": self.roi_size,
-                "keep_fraction": self.keep_fraction, "background": self.background, "seed": self.seed}
+                "keep_fraction": self.keep_fraction, "background": self.background,
+                **({"class_weights": dict(self.class_weights)} if self.class_weights else {}), "seed": self.seed}
 
     # --- the two outputs ---------------------------------------------------------------------
     def score(self, adapter: DetectorAdapter, model: nn.Module, batches: Iterable[Batch]) -> ChannelScores:
@@ -281,6 +294,8 @@ class CATRO(Criterion):
         points = adapter.activation_points(model)
         if not points:
             raise DetpruneError(f"{type(adapter).__name__}: the model has no prunable activation points to score")
+        table = weight_table(self.class_weights, adapter.class_names(model), self.name) if self.class_weights else None
+        weights = None if table is None else dict(enumerate(table.tolist()))
         tick = time.perf_counter()
         stats = CatroStats()
         self.last_stats, self.last_solutions = stats, {}
@@ -334,7 +349,7 @@ class CATRO(Criterion):
             )
         stats.samples_per_class = {("background" if c == BACKGROUND else str(c)): n for c, n in sorted(counts.items())}
         stats.unscored_layers = sorted(no_geometry)
-        scatter = {name: s.scatter() for name, s in per_layer.items() if name not in no_geometry and s.counts}
+        scatter = {name: s.scatter(weights) for name, s in per_layer.items() if name not in no_geometry and s.counts}
         stats.seconds = time.perf_counter() - tick
         return scatter
 

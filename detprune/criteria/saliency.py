@@ -39,6 +39,10 @@ Options (keyword arguments of :class:`BoxWeightedSaliency`, ``detprune score`` f
     eval mode. ``"loss"``: the negative detection
     loss, in train mode with normalisation layers frozen. Detection losses normalise by the
     number of targets in the batch, so only ``"confidence"`` is independent of batch size.
+``class_weights`` (None)
+    ``{class name: weight > 0}``: a box's mass in ``M`` is scaled by its class's weight
+    (unlisted classes weigh 1), so the channels the weighted classes' boxes use rank higher;
+    see :mod:`detprune.criteria.class_weights`.
 ``seed`` (0)
     seeds torch for the scoring pass (adapters with sampling stay reproducible); the
     caller's random state is restored afterwards.
@@ -72,6 +76,7 @@ from torch import nn
 
 from detprune.adapters.base import DetectorAdapter
 from detprune.criteria.base import ChannelScores, Criterion, register_criterion
+from detprune.criteria.class_weights import box_weights, check_class_weights, weight_table
 from detprune.criteria.hooks import GradientCapture, model_device, out_channels, scoring_state, seeded
 from detprune.criteria.weight_map import WeightMapSpec, batch_weight_maps
 from detprune.data.batch import Batch
@@ -143,9 +148,10 @@ def compute_utility(adapter: DetectorAdapter, model: nn.Module, batch: Batch, ut
 class BatchWeightMaps:
     """The weight maps of one batch, drawn once per activation resolution."""
 
-    def __init__(self, batch: Batch, spec: WeightMapSpec) -> None:
+    def __init__(self, batch: Batch, spec: WeightMapSpec, table: torch.Tensor | None = None) -> None:
         self.batch = batch
         self.spec = spec
+        self.box_weights = None if table is None else box_weights(batch.labels, table)
         self.input_hw = tuple(batch.images.shape[-2:])
         self._cache: dict[tuple, torch.Tensor] = {}
 
@@ -153,7 +159,8 @@ class BatchWeightMaps:
         """(B, h, w) weights in ``like``'s dtype and device."""
         key = (map_hw, like.dtype, like.device)
         if key not in self._cache:
-            maps = batch_weight_maps(self.batch.boxes, ignore_masks(self.batch), self.input_hw, map_hw, self.spec, like.device)
+            maps = batch_weight_maps(self.batch.boxes, ignore_masks(self.batch), self.input_hw, map_hw, self.spec, like.device,
+                                     self.box_weights)
             self._cache[key] = maps.to(dtype=like.dtype)
         return self._cache[key]
 
@@ -186,12 +193,14 @@ class BoxWeightedSaliency(Criterion):
         normalize_boxes: bool = True,
         overlap: str = "sum",
         utility: Utility = "confidence",
+        class_weights: Mapping[str, float] | None = None,
         seed: int | None = 0,
         progress: bool = True,
     ) -> None:
         if utility not in UTILITIES:
             raise DetpruneError(f"utility must be one of {', '.join(UTILITIES)}, got {utility!r}")
         self.spec = WeightMapSpec(context, context_scale, background, normalize_boxes, overlap)  # validates
+        self.class_weights = check_class_weights(class_weights)
         self.utility = utility
         self.seed = seed
         self.progress = progress
@@ -206,13 +215,21 @@ class BoxWeightedSaliency(Criterion):
             "normalize_boxes": self.spec.normalize_boxes,
             "overlap": self.spec.overlap,
             "utility": self.utility,
+            **({"class_weights": dict(self.class_weights)} if self.class_weights else {}),
             "seed": self.seed,
         }
+
+    def weight_table(self, adapter: DetectorAdapter, model: nn.Module) -> torch.Tensor | None:
+        """The class weights per label id of ``model`` (None: no weights, or all 1)."""
+        if not self.class_weights:
+            return None
+        return weight_table(self.class_weights, adapter.class_names(model), self.name)
 
     def score(self, adapter: DetectorAdapter, model: nn.Module, batches: Iterable[Batch]) -> ChannelScores:
         points = adapter.activation_points(model)
         if not points:
             raise DetpruneError(f"{type(adapter).__name__}: the model has no prunable activation points to score")
+        table = self.weight_table(adapter, model)
         stats = ScoringStats()
         self.last_stats = stats
         totals: dict[str, torch.Tensor] = {}
@@ -238,7 +255,7 @@ class BoxWeightedSaliency(Criterion):
                 if not keep:
                     continue
                 batch = select_images(batch, keep).to(device)
-                current["maps"] = BatchWeightMaps(batch, self.spec)
+                current["maps"] = BatchWeightMaps(batch, self.spec, table)
                 value = compute_utility(adapter, model, batch, self.utility)
                 if not value.requires_grad:
                     raise DetpruneError(
@@ -294,7 +311,7 @@ def saliency_maps(
         raise DetpruneError(f"unknown layer(s) {', '.join(unknown)}; choose from the model's activation points")
     device = model_device(model)
     batch = batch.to(device)
-    maps = BatchWeightMaps(batch, criterion.spec)
+    maps = BatchWeightMaps(batch, criterion.spec, criterion.weight_table(adapter, model))
     weights: dict[str, torch.Tensor] = {}
     channels: dict[str, torch.Tensor] = {}
 

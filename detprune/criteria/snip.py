@@ -14,6 +14,8 @@ criterion with ``reduction="abs"`` (:mod:`detprune.criteria.taylor`), which does
 
 from __future__ import annotations
 
+from typing import Mapping
+
 from detprune.criteria.base import register_criterion
 from detprune.criteria.taylor import FirstOrderTaylor
 
@@ -24,5 +26,5 @@ class Snip(FirstOrderTaylor):
 
     name = "snip"
 
-    def __init__(self, seed: int | None = 0, progress: bool = True) -> None:
-        super().__init__(reduction="abs", seed=seed, progress=progress)
+    def __init__(self, class_weights: Mapping[str, float] | None = None, seed: int | None = 0, progress: bool = True) -> None:
+        super().__init__(reduction="abs", class_weights=class_weights, seed=seed, progress=progress)

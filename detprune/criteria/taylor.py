@@ -17,19 +17,23 @@ train mode with normalisation layers frozen (running statistics are used and nev
 updated, so scoring leaves the model unchanged); gradients are taken with
 ``torch.autograd.grad``, so the model's ``.grad`` fields are untouched. The normalisation
 layer of a conv is found by tracing the first batch: the one whose input is the conv's
-output. Scores depend on the batch size (detection losses normalise over the batch's
+output. ``class_weights`` (``{class name: weight > 0}``) scales each GT box's terms of the
+loss by its class's weight (the adapter's ``weighted_detection_loss``; a family without one
+is a one-line error), so the parameters the weighted classes' boxes depend on score higher.
+Scores depend on the batch size (detection losses normalise over the batch's
 targets and the per-batch products are squared), as in the paper.
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Literal
+from typing import Iterable, Literal, Mapping
 
 import torch
 from torch import nn
 
 from detprune.adapters.base import DetectorAdapter
 from detprune.criteria.base import ChannelScores, Criterion, register_criterion
+from detprune.criteria.class_weights import check_class_weights, weight_table, weighted_loss
 from detprune.criteria.hooks import model_device, scoring_state, seeded
 from detprune.data.batch import Batch
 from detprune.errors import DetpruneError
@@ -100,16 +104,19 @@ class FirstOrderTaylor(Criterion):
     name = "taylor"
     needs_data = True
 
-    def __init__(self, reduction: Reduction = "squared", seed: int | None = 0, progress: bool = True) -> None:
+    def __init__(self, reduction: Reduction = "squared", class_weights: Mapping[str, float] | None = None,
+                 seed: int | None = 0, progress: bool = True) -> None:
         if reduction not in REDUCTIONS:
             raise DetpruneError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
         self.reduction = reduction
+        self.class_weights = check_class_weights(class_weights)
         self.seed = seed
         self.progress = progress
         self.norms: dict[str, nn.Module] = {}
 
     def options(self) -> dict:
-        return {"reduction": self.reduction, "seed": self.seed}
+        weights = {"class_weights": dict(self.class_weights)} if self.class_weights else {}
+        return {"reduction": self.reduction, **weights, "seed": self.seed}
 
     def _groups(self, convs: dict[str, nn.Module]) -> dict[str, list[tuple[torch.Tensor, int]]]:
         """conv name -> [(parameter, output-channel dim)] of the parameters removed with a channel."""
@@ -144,6 +151,7 @@ class FirstOrderTaylor(Criterion):
             if not isinstance(getattr(convs[name], "weight", None), torch.Tensor):
                 raise DetpruneError(f"Taylor scores weights, but {name!r} ({type(convs[name]).__name__}) has none")
 
+        table = weight_table(self.class_weights, adapter.class_names(model), self.name) if self.class_weights else None
         totals: dict[str, torch.Tensor] = {}
         groups = None
         device = model_device(model)
@@ -153,12 +161,12 @@ class FirstOrderTaylor(Criterion):
                 batch = batch.to(device)
                 if groups is None:
                     with NormTracer(model, convs) as tracer:
-                        loss = adapter.detection_loss(model, batch)
+                        loss = weighted_loss(adapter, model, batch, table, self.name)
                     self.norms = {name: norm for name, norm in tracer.found.items()
                                   if getattr(norm, "num_features", getattr(norm, "num_channels", None)) == _width(convs[name])}
                     groups = self._groups(convs)
                 else:
-                    loss = adapter.detection_loss(model, batch)
+                    loss = weighted_loss(adapter, model, batch, table, self.name)
                 params = list({id(p): p for members in groups.values() for p, _ in members}.values())
                 grads = dict(zip(map(id, params), torch.autograd.grad(loss, params, allow_unused=True)))
                 for name, members in groups.items():

@@ -15,6 +15,7 @@ For one image with object boxes ``b`` (ignore regions excluded) the map is::
     ring_b(h, w)  = area(cell ∩ grow(b, context_scale)) / area(cell) - core_b(h, w)
     m_b           = core_b + context * ring_b
     m_b          /= sum(m_b)                          (normalize_boxes=True)
+    m_b          *= class_weight(b)                   (class priorities; 1 without)
     objects       = sum_b m_b                          (overlap="sum")  or  max_b m_b  ("max")
     outside(h, w) = 1 - max_b area(cell ∩ grow(b)) / area(cell)
     M             = objects + background * outside [/ sum(outside) when normalize_boxes]
@@ -28,6 +29,10 @@ object. Under ``max``, a box partly hidden behind another loses mass where the o
 weight is larger, which penalises exactly the crowded small objects (groups of
 pedestrians, a cyclist beside a car) this criterion exists to protect. ``max`` is offered
 for maps without normalisation, where it keeps every weight in [0, 1].
+
+A class weight scales a box's whole mass (its core and its ring), so with normalisation a
+box of a class weighted 3 counts as three boxes of weight 1; the background term is not a
+class and keeps its weight.
 
 Ignore regions (KITTI ``DontCare``) override everything: a cell they cover completely has
 weight 0, a cell they cover in part keeps the uncovered share.
@@ -108,8 +113,12 @@ def batch_weight_maps(
     map_hw: Sequence[int],
     spec: WeightMapSpec = WeightMapSpec(),
     device: torch.device | str | None = None,
+    box_weights: Sequence[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """(B, h, w) float64 weight maps of a batch (see the module docstring for the formula).
+
+    ``box_weights``: per image, a weight per box (its class's priority) scaling that box's
+    mass; None weighs every box 1.
 
     All boxes of the batch are drawn at once, on ``device`` (default: the CPU), so the cost
     does not grow with Python loops over images.
@@ -140,6 +149,11 @@ def batch_weight_maps(
         if spec.normalize_boxes:
             mass = masks.sum(dim=(1, 2), keepdim=True)
             masks = torch.where(mass > 0, masks / mass.clamp(min=1e-300), masks)
+        if box_weights is not None:
+            scale = torch.cat([w.detach().reshape(-1).to(device, torch.float64) for w in box_weights])
+            if len(scale) != len(flags):
+                raise DetpruneError(f"{len(flags)} boxes but {len(scale)} box weights")
+            masks = masks * scale[~flags][:, None, None]
         weights = weights.index_add_(0, owners, masks) if spec.overlap == "sum" else per_image_max(masks, owners)
         if spec.background > 0:
             covered = per_image_max(grown, owners)
