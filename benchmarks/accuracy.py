@@ -82,7 +82,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--target", type=float, default=0.5, help="FLOPs kept by the grid of configurations")
     p.add_argument("--criteria", default="saliency,taylor,l1")
     p.add_argument("--allocations", default="global,cost",
-                   help="how the cut is spread over layers: global, uniform, cost, or widths:CRITERION-ALLOCATION "
+                   help="how the cut is spread over layers: global, uniform, cost (FLOPs), latency (knapsack on a measured "
+                        "ONNX Runtime latency table; --target is then the predicted latency kept), or widths:CRITERION-ALLOCATION "
                         "(the widths another criterion gets under that allocation, e.g. widths:saliency-global)")
     p.add_argument("--class-weights", default=None, metavar="CLASS=W,...",
                    help="class priorities of the scoring criteria, e.g. Pedestrian=3,Cyclist=3 (default: none)")
@@ -127,8 +128,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         get_criterion(name)  # an unknown name fails here, before any training
     for token in args.allocations:
         allocation, widths_from = split_allocation(token)
-        if allocation not in ("global", "uniform", "cost"):
-            p.error(f"unknown allocation {token!r}: global, uniform, cost or widths:CRITERION-ALLOCATION")
+        if allocation not in ("global", "uniform", "cost", "latency"):
+            p.error(f"unknown allocation {token!r}: global, uniform, cost, latency or widths:CRITERION-ALLOCATION")
         if widths_from is not None:
             get_criterion(widths_from)
     if args.car_images < 1:

@@ -44,7 +44,9 @@ def rect_hw(dataset: DetectionSet, width: int, stride: int = STRIDE) -> tuple[in
 class Cell:
     target: float
     criterion: str
-    allocation: str  # "global", "uniform", "cost", or "widths:CRITERION-ALLOCATION" (widths of another criterion)
+    # "global", "uniform", "cost" (FLOPs), "latency" (a measured table; the target is then predicted
+    # latency kept, not FLOPs), or "widths:CRITERION-ALLOCATION" (widths of another criterion)
+    allocation: str
     distill: bool
     seed: int
     replica: str = ""  # "rerun": the same settings trained again from scratch in its own folder
@@ -317,12 +319,23 @@ class Runner:
         if widths_from is not None:  # widths allocated on the other criterion's scores, channels chosen by this one
             options["width_scores"] = self.score(model, fold, widths_from, cell.seed, weights)
         scored = time.perf_counter()
-        pruned = prune_model(self.adapter, model, scores, target_flops=cell.target, round_to=a.round_to, imgsz=self.hw,
-                             **options)
+        target = {"target_flops": cell.target}
+        if allocation == "latency":  # HALP: the knapsack on a measured latency table, the target its prediction
+            target = {"target_latency": cell.target}
+            options.update(allocation="cost", cost="latency", latency_table=self.latency_table(base))
+        pruned = prune_model(self.adapter, model, scores, round_to=a.round_to, imgsz=self.hw, **target, **options)
         teacher = copy.deepcopy(base) if cell.distill else None
         tuned, _ = self.train(pruned.model, fold, a.finetune_epochs, folder, cell.seed, every_epoch=False, teacher=teacher)
         extra = {"seconds": {"score": scored - tick, "train": time.perf_counter() - scored}}
         return self._finish(folder, settings, "pruned", fold, tuned, extra, tick)
+
+    def latency_table(self, model):
+        """The ONNX Runtime CPU latency table of the baseline architecture at the benchmark's input
+        (one for all folds: their baselines share the architecture), kept under OUT/latency_tables."""
+        from detprune.pruning.latency_measure import latency_table
+
+        return latency_table(self.adapter, model, backend="onnxruntime", imgsz=self.hw, threads=self.args.threads,
+                             round_to=self.args.round_to, cache=self.out / "latency_tables", say=self.log)
 
     def score(self, model, fold: int, criterion: str, seed: int, class_weights: dict[str, float]) -> dict:
         """Channel scores of ``criterion`` on the fold's training frames (CAR: its first ``--car-images``)."""

@@ -252,3 +252,50 @@ def test_the_aim_is_refined_by_the_ratio_then_along_the_secant():
     assert next_aim([first, second], 0.5) == pytest.approx(0.4 + (0.5 - 0.55) / 0.5)  # the secant: 0.3
     flat = Candidate(None, None, 0.55, latency_aim=0.3)  # no slope: back to the ratio
     assert next_aim([second, flat], 0.5) == pytest.approx(0.3 * 0.5 / 0.55)
+
+
+def test_a_two_stage_detector_times_roi_align_and_prices_it_with_the_fpn_width():
+    """RoIAlign is no conv or linear: the table times it beside the box head's first layer, and
+    narrowing the FPN group makes the prediction fall by the rider's share as well as fc6's."""
+    import onnxruntime as ort
+
+    from detprune.adapters.rcnn import RcnnAdapter
+    from detprune.adapters.rcnn_coupling import fpn_width_layers
+    from detprune.pruning.latency_measure import roi_align_graph, roi_riders
+    from detprune.pruning.latency_table import RIDER_SUFFIX
+    from detprune.pruning.pruner import trace_forward
+    from rcnn_models import shrink_for_cpu, small_model
+
+    adapter = RcnnAdapter()
+    model = adapter.prepare_for_pruning(shrink_for_cpu(small_model(), proposals=16)).eval()
+    example = adapter.example_inputs(model, 128)
+    coupled = enumerate_groups(model, example, adapter.protected_layers(model), trace_forward(adapter, model))
+    riders = roi_riders(adapter, model, coupled)
+    assert len(riders) == 1
+    rider = riders[0]
+    level = fpn_width_layers(model)[0][0]  # the finest FPN level's output conv
+    fpn_width = level.out_channels
+    assert rider.channels == fpn_width and rider.movable and rider.rois == 16 and rider.output_size == [7, 7]
+
+    # the graph runs and pools every RoI to C x 7 x 7
+    session = ort.InferenceSession(roi_align_graph(rider.feature_shape, 24, rider.rois, rider.output_size,
+                                                   rider.sampling_ratio, rider.spatial_scale))
+    x = np.random.default_rng(0).random([1, 24, *rider.feature_shape[2:]], dtype=np.float32)
+    assert session.run(None, {"x": x})[0].shape == (16, 24, 7, 7)
+
+    # an injected rider of 10 ms per channel, on top of the formula's layers
+    table = injected_table(coupled)
+    table.layers[rider.name] = LayerTiming("roi_align", fpn_width, fpn_width, [8, fpn_width], [8, fpn_width],
+                                           [[80.0, 10.0 * fpn_width], [10.0 * fpn_width, 10.0 * fpn_width]])
+    without = injected_table(coupled)
+    orders = {g.index: g.prunable.astype(np.int64) for g in coupled.groups}
+    cost_model = CostModel(coupled, measure(model, example, trace_forward(adapter, model)), orders)
+    fpn = next(g for g in coupled.prunable_groups()
+               if any(call.module is level and (id(call.node), "out") in {(id(t.node), t.side) for t in g.touches}
+                      for call in coupled.calls))  # the group of the level's OUTPUT width
+    cut = {fpn.index: fpn.size - 8}  # the FPN at 8 channels
+    saving_with = LatencyCost(table, coupled, cost_model)
+    saving_without = LatencyCost(without, coupled, cost_model)
+    extra = (saving_with({}) - saving_with(cut)) - (saving_without({}) - saving_without(cut))
+    assert extra == pytest.approx(10.0 * fpn_width - 80.0)  # the rider's full time minus its time at 8
+    assert rider.name.endswith(RIDER_SUFFIX)

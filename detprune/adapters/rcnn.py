@@ -156,6 +156,13 @@ class RcnnAdapter(DetectorAdapter):
         predictor = model.roi_heads.box_predictor
         return [model.rpn.head.cls_logits, model.rpn.head.bbox_pred, predictor.cls_score, predictor.bbox_pred]
 
+    def roi_pool_points(self, model: nn.Module) -> list[tuple[nn.Module, nn.Module, nn.Module]]:
+        """(box head's first layer, the finest FPN level's output conv, the RoIAlign between them):
+        where a latency table times RoIAlign, whose cost follows the FPN width x the proposals."""
+        producers, _ = coupling.fpn_width_layers(model)
+        reader = coupling.first_layer(model.roi_heads.box_head)
+        return [(reader, producers[0], model.roi_heads.box_roi_pool)]
+
     def activation_points(self, model: nn.Module) -> dict[str, nn.Module]:
         """Every prunable conv / linear -> the module whose output is its activation.
 

@@ -148,7 +148,7 @@ def dependency_graph_options(model: nn.Module) -> dict:
 # --- the FPN width ----------------------------------------------------------------------------
 
 
-def _first_layer(module: nn.Module) -> nn.Module:
+def first_layer(module: nn.Module) -> nn.Module:
     for sub in module.modules():
         if isinstance(sub, (nn.Conv2d, nn.Linear)):
             return sub
@@ -160,8 +160,8 @@ def fpn_width_layers(model: nn.Module) -> tuple[list[nn.Module], list[nn.Module]
     fpn = getattr(model.backbone, "fpn", None)
     if fpn is None:
         raise UnsupportedError(f"{type(model.backbone).__name__}: backbone without an FPN; detprune handles torchvision's *_fpn models")
-    producers = [_first_layer(block) for block in fpn.layer_blocks]
-    readers = [_first_layer(model.rpn.head.conv), _first_layer(model.roi_heads.box_head)]
+    producers = [first_layer(block) for block in fpn.layer_blocks]
+    readers = [first_layer(model.rpn.head.conv), first_layer(model.roi_heads.box_head)]
     return producers, readers
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -23,6 +24,7 @@ from torch import nn
 from detprune.errors import UnsupportedError
 from detprune.pruning.latency_table import (
     DEFAULT_POINTS,
+    RIDER_SUFFIX,
     LatencyTable,
     LatencyCost,
     LayerTiming,
@@ -110,6 +112,28 @@ def layer_graph(module: nn.Module, act: nn.Module | None, input_shape: Sequence[
     return model.SerializeToString()
 
 
+def roi_align_graph(feature_shape: Sequence[int], channels: int, rois: int, output_size: Sequence[int],
+                    sampling_ratio: int, spatial_scale: float) -> bytes:
+    """An ONNX graph of RoIAlign on one feature level narrowed to ``channels``: ``rois`` boxes
+    (seeded, inside the image) pooled to ``output_size``, as a two-stage detector's box head reads."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    _, _, h, w = [int(d) for d in feature_shape]
+    image_h, image_w = h / spatial_scale, w / spatial_scale
+    corners = rng.random((rois, 2, 2)) * np.array([image_w, image_h])
+    boxes = np.concatenate([corners.min(1), corners.max(1)], axis=1).astype(np.float32)
+    inits = [numpy_helper.from_array(boxes, "rois"), numpy_helper.from_array(np.zeros(rois, np.int64), "index")]
+    node = helper.make_node("RoiAlign", ["x", "rois", "index"], ["y"], mode="avg", output_height=int(output_size[0]),
+                            output_width=int(output_size[1]), sampling_ratio=max(int(sampling_ratio), 0),
+                            spatial_scale=float(spatial_scale), coordinate_transformation_mode="half_pixel")
+    graph = helper.make_graph([node], "roi_align", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, h, w])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
 def _ort_session(graph: bytes | str | Path, threads: int):
     import onnxruntime as ort
 
@@ -174,6 +198,50 @@ def _time_layer_cuda(module, act, input_shape, grid_in, grid_out, warmup, runs) 
             block = nn.Sequential(layer, copy.deepcopy(act)) if act is not None else layer
             ms[i, j] = measure_latency("torch-cuda", block, shape, warmup, runs).median_ms
     return ms
+
+
+@dataclass
+class RoiRider:
+    """RoIAlign that reads a feature level of ``channels`` and feeds the layer ``reader``: its time
+    scales with the FPN width x the proposals, and it is no conv or linear, so the table times it
+    on its own and prices it with the reader's input width."""
+
+    name: str
+    channels: int
+    movable: bool
+    feature_shape: list[int]
+    rois: int
+    output_size: list[int]
+    sampling_ratio: int
+    spatial_scale: float
+
+
+def roi_riders(adapter, model: nn.Module, coupled) -> list[RoiRider]:
+    """The RoIAlign of a two-stage detector (``adapter.roi_pool_points``), from the traced calls:
+    the finest level read (the output of the first FPN layer), the proposals the reader sees."""
+    points = getattr(adapter, "roi_pool_points", None)
+    if points is None:
+        return []
+    from detprune.pruning.latency_table import movable_sides
+
+    by_module = {id(call.module): (name, call) for name, call in call_names(coupled)}
+    movable = movable_sides(coupled)
+    riders = []
+    for reader, level, pool in points(model):
+        if id(reader) not in by_module or id(level) not in by_module:
+            continue
+        name, reader_call = by_module[id(reader)]
+        _, level_call = by_module[id(level)]
+        feature = [int(d) for d in level_call.output_shape]
+        image_h = int(coupled.calls[0].input_shape[2]) if coupled.calls else feature[2]
+        riders.append(RoiRider(
+            name=name + RIDER_SUFFIX, channels=feature[1],
+            movable=level_call.node is not None and (id(level_call.node), "out") in movable,
+            feature_shape=feature, rois=int(reader_call.input_shape[0]),
+            output_size=[int(s) for s in (pool.output_size if isinstance(pool.output_size, (tuple, list)) else (pool.output_size,) * 2)],
+            sampling_ratio=int(pool.sampling_ratio), spatial_scale=feature[2] / image_h,
+        ))
+    return riders
 
 
 # --- the whole model ---------------------------------------------------------------------------------
@@ -241,13 +309,14 @@ def latency_table(adapter, model: nn.Module, *, backend: str = "onnxruntime", im
     example = adapter.example_inputs(model, imgsz, batch_size=batch)
     coupled = enumerate_groups(model, example, adapter.protected_layers(model), trace_forward(adapter, model))
     device = device_name(backend)
-    key = table_key(coupled, backend, device, example.shape, threads, points, round_to)
+    riders = roi_riders(adapter, model, coupled)
+    key = table_key(coupled, backend, device, example.shape, threads, points, round_to, [r.name for r in riders])
     path = cache_dir(cache) / f"{key}.json"
     if path.is_file():
         table = LatencyTable.load(path)
         say(f"reusing {table.summary()} ({path})")
         return table
-    table = _measure_table(coupled, model, key, backend, device, example, threads, points, round_to, warmup, runs)
+    table = _measure_table(coupled, model, key, backend, device, example, threads, points, round_to, warmup, runs, riders)
     table = calibrate_and_check(adapter, model, table, imgsz=imgsz, cuts=check_cuts, runs=check_runs, seed=seed,
                                 round_to=round_to)
     table.save(path)
@@ -255,7 +324,7 @@ def latency_table(adapter, model: nn.Module, *, backend: str = "onnxruntime", im
     return table
 
 
-def _measure_table(coupled, model, key, backend, device, example, threads, points, round_to, warmup, runs):
+def _measure_table(coupled, model, key, backend, device, example, threads, points, round_to, warmup, runs, riders=()):
     from detprune.pruning.latency_table import movable_sides
     from detprune.utils.progress import progress_counter
 
@@ -281,7 +350,22 @@ def _measure_table(coupled, model, key, backend, device, example, threads, point
         layers[name] = LayerTiming(op, c_in, c_out, list(map(int, grid_in)), list(map(int, grid_out)), monotone(ms).tolist())
         bar.update()
     bar.close()
+    for rider in riders:
+        layers[rider.name] = _time_rider(rider, backend, threads, points, round_to, warmup, runs)
     return LatencyTable(key, backend, device, [int(d) for d in example.shape], threads, layers)
+
+
+def _time_rider(rider, backend: str, threads, points: int, round_to: int, warmup: int, runs: int) -> LayerTiming:
+    """RoIAlign at the grid widths of the feature level it reads (one axis, like a depthwise layer)."""
+    if backend != "onnxruntime":
+        raise UnsupportedError(f"RoIAlign is timed on onnxruntime only; a {backend} table of a two-stage detector "
+                               "would miss it: use --latency-search flops")
+    grid = grid_widths(rider.channels, rider.movable, points, round_to)
+    runners = [_ort_runner(roi_align_graph(rider.feature_shape, c, rider.rois, rider.output_size, rider.sampling_ratio,
+                                           rider.spatial_scale), threads, [1, c, *rider.feature_shape[2:]]) for c in grid]
+    diag = time_interleaved(runners, warmup, runs)
+    ms = np.array([[diag[max(i, j)] for j in range(len(grid))] for i in range(len(grid))])
+    return LayerTiming("roi_align", rider.channels, rider.channels, list(map(int, grid)), list(map(int, grid)), monotone(ms).tolist())
 
 
 def _one(backend, module, act, input_shape, grid_in, grid_out, threads, warmup, runs) -> np.ndarray:

@@ -46,13 +46,14 @@ from detprune.pruning.knapsack import GroupCost
 TABLE_VERSION = 1
 DEFAULT_POINTS = 4  # grid widths per axis a group can move
 CACHE_ENV = "DETPRUNE_LATENCY_CACHE"
+RIDER_SUFFIX = "+roi_align"  # a table entry timed beside the layer it feeds (not a conv / linear call)
 
 
 @dataclass
 class LayerTiming:
     """One conv / linear call: its widths at full size, the grid it was timed on and the times (ms)."""
 
-    op: str  # "conv", "depthwise" or "linear"
+    op: str  # "conv", "depthwise", "linear" or "roi_align" (a rider: see RIDER_SUFFIX)
     c_in: int
     c_out: int
     grid_in: list[int]
@@ -200,11 +201,13 @@ def fingerprint(coupled) -> list:
 
 
 def table_key(coupled, backend: str, device: str, input_shape: Sequence[int], threads: int | None,
-              points: int = DEFAULT_POINTS, round_to: int = 8) -> str:
+              points: int = DEFAULT_POINTS, round_to: int = 8, riders: Sequence[str] = ()) -> str:
     payload = {
         "version": TABLE_VERSION, "architecture": fingerprint(coupled), "backend": backend, "device": device,
         "input_shape": [int(d) for d in input_shape], "threads": threads, "points": points, "round_to": round_to,
     }
+    if riders:  # timed beside the layers (RoIAlign); absent, the key is what it was before riders existed
+        payload["riders"] = list(riders)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -242,11 +245,17 @@ class LatencyCost(GroupCost):
         self._name = names
 
     def _moved_ms(self, widths) -> float:
-        """Time of the listed calls at the listed widths minus their time at full width."""
+        """Time of the listed calls at the listed widths minus their time at full width; a layer
+        with a rider (the RoIAlign feeding it) moves it too, at its input width / the rider's span."""
         total = 0.0
         for call, c_in, c_out in widths:
-            timing = self.table.layers[self._name[id(call)]]
+            name = self._name[id(call)]
+            timing = self.table.layers[name]
             total += timing.at(c_in, c_out) - timing.full
+            rider = self.table.layers.get(name + RIDER_SUFFIX)
+            if rider is not None:
+                span = timing.c_in / rider.c_in  # fc6 reads C x 7 x 7 values per RoI
+                total += rider.at(c_in / span, c_in / span) - rider.full
         return total
 
     def __call__(self, removal: Mapping[int, int]) -> float:
