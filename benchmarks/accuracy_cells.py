@@ -86,6 +86,15 @@ def allocation_label(token: str) -> str:
     return f"widths of {token[len(WIDTHS_PREFIX):]}" if token.startswith(WIDTHS_PREFIX) else token
 
 
+JOINT_SUBSET_CRITERIA = ("catro",)  # choose a group's channels jointly, at a width given to them
+
+
+def joint_subsets(cell: Cell) -> bool:
+    """Whether ``cell``'s criterion picks subsets at widths it did not allocate (uniform, or another's)."""
+    allocation, widths_from = split_allocation(cell.allocation)
+    return cell.criterion in JOINT_SUBSET_CRITERIA and (widths_from is not None or allocation == "uniform")
+
+
 def _accepts(function: Callable, name: str) -> bool:
     return name in inspect.signature(function).parameters
 
@@ -229,6 +238,8 @@ class Runner:
         settings = {**self._settings(fold), **cell.describe(), **self.train_options(cell.seed)}
         if "car" in (cell.criterion, split_allocation(cell.allocation)[1]):  # CAR's sampling is part of its result
             settings["car"] = {**CAR_OPTIONS, "images": self.args.car_images}
+        if joint_subsets(cell):
+            settings["subsets"] = cell.criterion
         return settings
 
     def is_cached(self, cell: Cell, fold: int) -> bool:
@@ -314,10 +325,12 @@ class Runner:
         model = copy.deepcopy(base)
         allocation, widths_from = split_allocation(cell.allocation)
         weights = parse_class_weights(cell.class_weights, list(self.dataset.class_names))
-        scores = self.score(model, fold, cell.criterion, cell.seed, weights)
+        scores, scorer = self.score(model, fold, cell.criterion, cell.seed, weights)
         options = {"allocation": allocation} if _accepts(prune_model, "allocation") else {}
         if widths_from is not None:  # widths allocated on the other criterion's scores, channels chosen by this one
-            options["width_scores"] = self.score(model, fold, widths_from, cell.seed, weights)
+            options["width_scores"] = self.score(model, fold, widths_from, cell.seed, weights)[0]
+        if joint_subsets(cell):  # CATRO: the trace-ratio subset at each width the allocation gives
+            options["subsets"] = scorer
         scored = time.perf_counter()
         target = {"target_flops": cell.target}
         if allocation == "latency":  # HALP: the knapsack on a measured latency table, the target its prediction
@@ -337,25 +350,25 @@ class Runner:
         return latency_table(self.adapter, model, backend="onnxruntime", imgsz=self.hw, threads=self.args.threads,
                              round_to=self.args.round_to, cache=self.out / "latency_tables", say=self.log)
 
-    def score(self, model, fold: int, criterion: str, seed: int, class_weights: dict[str, float]) -> dict:
-        """Channel scores of ``criterion`` on the fold's training frames (CAR: its first ``--car-images``)."""
+    def score(self, model, fold: int, criterion: str, seed: int, class_weights: dict[str, float]) -> tuple[dict, object]:
+        """(channel scores, the criterion that measured them) of ``criterion`` on the fold's
+        training frames (CAR: its first ``--car-images``)."""
+        from detprune.criteria import get_criterion
         from detprune.workflow.stages import score_channels
 
         train = self.splits[fold][0]
         if criterion == "car":
             train = DetectionSet(list(train.class_names), list(train.samples)[:self.args.car_images], name="car-held-out")
-            from detprune.criteria import get_criterion
-
             plan = get_criterion("car", **criterion_options("car", seed)).planned_channels(self.adapter, model)
             passes = 1 + sum(len(c) for c in plan.values())
             self.log(f"car fold {fold}: {CAR_OPTIONS['metric']} metric, {passes} evaluations ({len(plan)} layers x "
                      f"<= {CAR_OPTIONS['max_channels_per_layer']} sampled channels, + 1) x {len(train)} frames")
         tick = time.perf_counter()
-        scores = score_channels(self.adapter, model, train, criterion, imgsz=self.hw, batch_size=self.args.batch,
-                                **criterion_options(criterion, seed, class_weights))
+        scorer = get_criterion(criterion, **criterion_options(criterion, seed, class_weights))
+        scores = score_channels(self.adapter, model, train, scorer, imgsz=self.hw, batch_size=self.args.batch)
         if criterion == "car":
             self.log(f"car fold {fold}: scored in {time.perf_counter() - tick:.0f} s")
-        return scores
+        return scores, scorer
 
     def reevaluate(self, result: dict) -> dict:
         """Evaluate a finished cell's saved model again with the evaluation code installed now.

@@ -65,3 +65,12 @@ def test_report_rows_keep_weighted_and_plain_apart():
     names = {row_name(r): r["mAP50"]["mean"] for r in rows}
     assert names == {"saliency / global / plain": 10.0, "saliency / global / plain / Pedestrian=3,Cyclist=3": 20.0,
                      "catro / widths of saliency-global / plain": 30.0}
+
+
+def test_catro_picks_joint_subsets_only_at_widths_it_did_not_allocate():
+    from accuracy_cells import joint_subsets
+
+    assert joint_subsets(Cell(0.5, "catro", "widths:saliency-global", False, 0))
+    assert joint_subsets(Cell(0.5, "catro", "uniform", False, 0))
+    assert not joint_subsets(Cell(0.5, "catro", "global", False, 0))  # its own ranking allocates
+    assert not joint_subsets(Cell(0.5, "l1", "widths:saliency-global", False, 0))

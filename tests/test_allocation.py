@@ -84,9 +84,11 @@ def test_cost_allocation_meets_flops_and_params_targets_on_faster_rcnn(arch):
         assert result.predicted == result.after
 
 
-def _cut_exactly_what_cost_removes(adapter, model, scores, imgsz, outputs, flops: float = 0.5, groups: int = 4):
-    """Zero the channels a cost allocation removes, cut exactly those, compare with the uncut model."""
-    removed = prune_model(adapter, copy.deepcopy(model), scores, allocation="cost", target_flops=flops, imgsz=imgsz).removed
+def _cut_exactly_what_cost_removes(adapter, model, scores, imgsz, outputs, flops: float = 0.5, groups: int = 4,
+                                   **options):
+    """Zero the channels a cost allocation (or ``options``') removes, cut exactly those, compare with the uncut model."""
+    options = options or {"allocation": "cost"}
+    removed = prune_model(adapter, copy.deepcopy(model), scores, target_flops=flops, imgsz=imgsz, **options).removed
     example = adapter.example_inputs(model, imgsz)
     coupled = enumerate_groups(model, example, adapter.protected_layers(model), trace_forward(adapter, model))
     by_root = {g.root: g for g in coupled.groups}
@@ -284,6 +286,11 @@ def test_widths_from_a_data_criterion_scores_on_the_same_images(synthetic_kitti,
     first, second = (torch.load(f, weights_only=True) for f in (taylor / "scores.pt", mixed / "width_scores.pt"))
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
     assert widths[0] == widths[1]
+    # CATRO at taylor's widths chooses each group's subset jointly, and prune.json says so
+    catro = tmp_path / "catro"
+    assert main(fixed + data + ["--criterion", "catro", "--widths-from", "taylor", "--out", str(catro)]) == 0
+    assert json.loads((catro / "channels.json").read_text()) == widths[0]
+    assert json.loads((catro / "prune.json").read_text())["settings"]["subsets"] == "catro"
 
 
 @pytest.mark.parametrize(

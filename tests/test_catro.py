@@ -157,3 +157,59 @@ def test_catro_on_yolov5n_gives_kept_sets_the_pruner_accepts():
         assert len(channels) == max(1, round(0.5 * model.get_submodule(name).out_channels)), name
     result = prune_model(adapter, model, kept=kept, imgsz=64)
     assert result.after.params < result.before.params
+
+
+def _group_ratio(catro, coupled, group, removed) -> float:
+    """The trace ratio of what ``group`` keeps, from CATRO's statistics summed over its layers."""
+    b, w = np.zeros(group.size), np.zeros(group.size)
+    for member in group.members:
+        if member.name in catro.last_scatter:
+            np.add.at(b, member.positions, catro.last_scatter[member.name][0][member.channels])
+            np.add.at(w, member.positions, catro.last_scatter[member.name][1][member.channels])
+    kept = np.setdiff1d(group.prunable, removed)
+    return float(b[kept].sum() / w[kept].sum())
+
+
+def test_catro_subsets_at_uniform_widths_hit_the_target_are_exact_and_separate_best():
+    """Under the uniform allocation CATRO picks each group's channels jointly (the trace-ratio
+    subset at that width): the FLOPs target is met, zeroing exactly those channels and cutting
+    them gives the same outputs, and every group keeps a ratio at least the ranking's."""
+    import copy
+
+    yolo = pytest.importorskip("detprune.adapters.yolo")
+    from detprune.pruning import prune_model
+    from detprune.pruning.groups import enumerate_groups
+    from detprune.pruning.pruner import trace_forward
+    from pruning_toys import assert_same_outputs, randomise_norms
+    from test_allocation import _cut_exactly_what_cost_removes
+
+    adapter = yolo.YoloAdapter()
+    torch.manual_seed(0)
+    model = adapter.prepare_for_pruning(adapter.load("yolov5n.yaml", class_names=["car", "pedestrian"])).eval()
+    randomise_norms(model, 3)
+    images = [random_image(i, 64).float() for i in range(2)]
+    batches = [make_batch(images, [[[4, 8, 40, 44], [44, 30, 52, 46]], [[10, 2, 62, 60]]], [[0, 1], [0]])]
+    catro = CATRO(samples_per_class=4, progress=False)
+    scores = catro.score(adapter, model, batches)
+
+    joint = prune_model(adapter, copy.deepcopy(model), scores, allocation="uniform", subsets=catro, target_flops=0.5, imgsz=64)
+    ranked = prune_model(adapter, copy.deepcopy(model), scores, allocation="uniform", target_flops=0.5, imgsz=64)
+    assert abs(joint.achieved["flops"] - 0.5) <= 0.02 * 0.5 and joint.settings["subsets"] == "catro"
+    assert joint.channels_after == ranked.channels_after  # the same widths, other channels
+
+    coupled = enumerate_groups(model, adapter.example_inputs(model, 64), adapter.protected_layers(model),
+                               trace_forward(adapter, model))
+    by_root = {g.root: g for g in coupled.groups}
+    differ = 0
+    for a, b in zip(sorted(joint.removed, key=lambda r: r.group), sorted(ranked.removed, key=lambda r: r.group)):
+        group = by_root[a.root]
+        position = {int(c): p for p, c in enumerate(group.channels.tolist())}
+        mine = [position[c] for c in a.channels]
+        theirs = [position[c] for c in b.channels]
+        assert _group_ratio(catro, coupled, group, mine) >= _group_ratio(catro, coupled, group, theirs) * (1 - 1e-12)
+        differ += sorted(mine) != sorted(theirs)
+    assert differ  # the joint choice is not the ranking in disguise
+
+    before, after = _cut_exactly_what_cost_removes(adapter, model, scores, 64, lambda m, x, ref=None: m(x),
+                                                   allocation="uniform", subsets=catro)
+    assert_same_outputs(before, after)

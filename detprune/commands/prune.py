@@ -174,7 +174,7 @@ def prune_stage(state: PruneRun) -> None:
         from detprune.pruning.latency_target import prune_by_table, prune_to_latency
 
         options = dict(allocation=allocation(args), cost=args.cost, width_scores=state.width_scores,
-                       round_to=args.round_to, min_channels=args.min_channels,
+                       subsets=_subsets(state), round_to=args.round_to, min_channels=args.min_channels,
                        max_ratio=args.max_ratio, normalisation=args.normalisation)
         if args.latency_search == "table":
             state.result, state.latency = prune_by_table(
@@ -198,6 +198,7 @@ def prune_stage(state: PruneRun) -> None:
         allocation=allocation(args),
         cost=args.cost,
         width_scores=state.width_scores,
+        subsets=_subsets(state),
         round_to=args.round_to,
         min_channels=args.min_channels,
         max_ratio=args.max_ratio,
@@ -205,6 +206,14 @@ def prune_stage(state: PruneRun) -> None:
         imgsz=args.imgsz,
         latency_table=table,
     )
+
+
+def _subsets(state: PruneRun):
+    """The criterion itself where it chooses each group's channels jointly (CATRO) and the
+    widths are not its own ranking's (``--widths-from`` or the uniform allocation)."""
+    args, criterion = state.args, getattr(state, "criterion", None)
+    joint = hasattr(criterion, "removed_positions") and not args.scores
+    return criterion if joint and (args.widths_from or allocation(args) == "uniform") else None
 
 
 def _latency_table(state: PruneRun):

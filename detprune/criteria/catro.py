@@ -257,6 +257,7 @@ class CATRO(Criterion):
         self.progress = progress
         self.last_stats = CatroStats()
         self.last_solutions: dict[str, TraceRatioSolution] = {}
+        self.last_scatter: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def options(self) -> dict:
         return {"samples_per_class": self.samples_per_class, "roi_size": self.roi_size,
@@ -267,6 +268,7 @@ class CATRO(Criterion):
     def score(self, adapter: DetectorAdapter, model: nn.Module, batches: Iterable[Batch]) -> ChannelScores:
         """Per channel ``b_c - lambda* w_c`` at the converged ratio for ``keep_fraction`` of the layer."""
         scatter = self.statistics(adapter, model, batches)
+        self.last_scatter = scatter
         scores = {}
         for name, (b, w) in scatter.items():
             solution = self._solve(name, b, w, self.keep_fraction)
@@ -280,6 +282,25 @@ class CATRO(Criterion):
             raise DetpruneError(f"catro: keep_fraction must be in (0, 1], got {fraction}")
         scatter = self.statistics(adapter, model, batches)
         return {name: self._solve(name, b, w, fraction).kept.tolist() for name, (b, w) in scatter.items()}
+
+    def removed_positions(self, coupled, group, count: int) -> np.ndarray:
+        """The ``count`` prunable positions of ``group`` outside CATRO's trace-ratio subset of the
+        rest (``prune_model(subsets=...)``): the group's scatter is the sum over its scored layers
+        (keeping a position keeps it in every one), from the statistics of the last :meth:`score`."""
+        if not self.last_scatter:
+            raise DetpruneError("catro: score the model before choosing subsets from its statistics")
+        b, w = np.zeros(group.size), np.zeros(group.size)
+        for member in group.members:
+            if member.name in self.last_scatter:
+                between, within = self.last_scatter[member.name]
+                np.add.at(b, member.positions, between[member.channels])
+                np.add.at(w, member.positions, within[member.channels])
+        prunable = np.asarray(group.prunable, dtype=np.int64)
+        keep = len(prunable) - count
+        if keep < 1:
+            return prunable
+        kept = prunable[solve_trace_ratio(b[prunable], w[prunable], keep).kept]
+        return np.setdiff1d(prunable, kept)
 
     def _solve(self, name: str, b: np.ndarray, w: np.ndarray, fraction: float) -> TraceRatioSolution:
         solution = solve_trace_ratio(b, w, max(1, round(fraction * len(b))))

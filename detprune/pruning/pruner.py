@@ -132,6 +132,7 @@ def prune_model(
     allocation: str | None = None,
     cost: str | None = None,
     width_scores: Mapping[str, torch.Tensor] | None = None,
+    subsets=None,
     global_ranking: bool | None = None,
     round_to: int = DEFAULT_ROUND_TO,
     min_channels: int = DEFAULT_MIN_CHANNELS,
@@ -154,6 +155,9 @@ def prune_model(
     the kind of the target, FLOPs for a ratio). ``global_ranking`` is the older switch
     (True = global, False = uniform). ``width_scores``: scores of another criterion to
     allocate the widths on; ``scores`` then only choose which channels of each group stay.
+    ``subsets``: a criterion that chooses each group's channels jointly at the width the
+    allocation gave it (``removed_positions(coupled, group, count)``, CATRO's trace-ratio
+    subset) instead of by the ranking of ``scores``.
 
     ``latency_table`` (:class:`detprune.pruning.latency_table.LatencyTable` of this
     architecture) prices candidates by predicted latency: ``target_latency`` is the fraction of
@@ -211,7 +215,9 @@ def prune_model(
         removal = found.removal
         plan = select_channels(orders, removal)
         prunable = allocator.prunable_channels
-        if width_scores is not None:  # price the channels actually chosen
+        if subsets is not None:  # the criterion's joint choice at each allocated width
+            plan, orders = _subset_plan(coupled, subsets, removal, orders)
+        if width_scores is not None or subsets is not None:  # price the channels actually chosen
             cost_model = CostModel(coupled, before, orders)
     predicted = cost_model.predict(removal)
     predicted_latency = None
@@ -242,6 +248,7 @@ def prune_model(
         "imgsz": imgsz,
         "tolerance": tolerance,
         "kept_sets": kept is not None,
+        "subsets": None if subsets is None else getattr(subsets, "name", type(subsets).__name__),
         "latency_table": None if latency_table is None else latency_table.key,
     }
     return PruneResult(
@@ -270,6 +277,22 @@ def _cost_kind(allocation: str, cost: str | None, target: Target | None) -> str 
             raise DetpruneError(f"cost={cost!r} applies to allocation='cost' only (got allocation={allocation!r})")
         return None
     return cost or (target.kind if target is not None and target.kind in COSTS else "flops")
+
+
+def _subset_plan(coupled, subsets, removal: Mapping[int, int], orders: Mapping[int, np.ndarray]):
+    """(plan, orders): each group's removed positions from ``subsets``, and orders that list them first."""
+    by_index = {g.index: g for g in coupled.groups}
+    plan, new_orders = {}, dict(orders)
+    for g, n in removal.items():
+        if not n:
+            plan[g] = np.zeros(0, dtype=np.int64)
+            continue
+        removed = np.asarray(subsets.removed_positions(coupled, by_index[g], int(n)), dtype=np.int64)
+        if len(removed) != n or not set(removed.tolist()) <= set(by_index[g].prunable.tolist()):
+            raise DetpruneError(f"group {g}: the subset criterion removed {len(removed)} channels, not {n} prunable ones")
+        plan[g] = removed
+        new_orders[g] = np.concatenate([removed, np.setdiff1d(orders.get(g, by_index[g].prunable), removed)])
+    return plan, new_orders
 
 
 def _target(ratio, target_flops, target_params, target_latency, latency_table) -> Target | None:

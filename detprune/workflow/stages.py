@@ -25,17 +25,18 @@ def score_channels(
     adapter: DetectorAdapter,
     model: nn.Module,
     dataset: DetectionSet | None,
-    criterion: str,
+    criterion,
     *,
     imgsz: int | Sequence[int],
     batch_size: int,
     **options: Any,
 ) -> dict:
-    """{conv name: score per output channel} from ``criterion`` (data-free ones ignore ``dataset``)."""
+    """{conv name: score per output channel} from ``criterion`` (a name, built with ``options``,
+    or a criterion object, which then keeps what it measured; data-free ones ignore ``dataset``)."""
     from detprune.criteria import get_criterion
     from detprune.data.batch import iter_batches
 
-    scorer = get_criterion(criterion, **options)
+    scorer = get_criterion(criterion, **options) if isinstance(criterion, str) else criterion
     if scorer.needs_data and dataset is None:
         raise DetpruneError(f"criterion {criterion!r} scores on images: give a dataset")
     batches = iter_batches(dataset, imgsz, batch_size) if scorer.needs_data else iter(())
