@@ -161,11 +161,7 @@ def test_catro_on_yolov5n_gives_kept_sets_the_pruner_accepts():
 
 def _group_ratio(catro, coupled, group, removed) -> float:
     """The trace ratio of what ``group`` keeps, from CATRO's statistics summed over its layers."""
-    b, w = np.zeros(group.size), np.zeros(group.size)
-    for member in group.members:
-        if member.name in catro.last_scatter:
-            np.add.at(b, member.positions, catro.last_scatter[member.name][0][member.channels])
-            np.add.at(w, member.positions, catro.last_scatter[member.name][1][member.channels])
+    b, w = catro.group_scatter(group)
     kept = np.setdiff1d(group.prunable, removed)
     return float(b[kept].sum() / w[kept].sum())
 

@@ -59,7 +59,7 @@ from torchvision.ops import roi_align
 
 from detprune.adapters.base import DetectorAdapter
 from detprune.criteria.base import ChannelScores, Criterion, register_criterion
-from detprune.criteria.class_weights import check_class_weights, weight_table
+from detprune.criteria.class_weights import check_class_weights, model_weight_table
 from detprune.criteria.hooks import model_device, scoring_state
 from detprune.data.batch import Batch
 from detprune.errors import DetpruneError
@@ -161,8 +161,8 @@ class ClassStatistics:
         classes = sorted(self.counts)
         scale = {j: float((weights or {}).get(j, 1.0)) for j in classes}
         n = torch.tensor([self.counts[j] * scale[j] for j in classes], dtype=torch.float64)
-        sums = torch.stack([self.sums[j] * scale[j] if scale[j] != 1.0 else self.sums[j] for j in classes])
-        squares = torch.stack([self.squares[j] * scale[j] if scale[j] != 1.0 else self.squares[j] for j in classes])
+        sums = torch.stack([self.sums[j] * scale[j] for j in classes])  # x 1.0 is exact: unweighted stays bit-identical
+        squares = torch.stack([self.squares[j] * scale[j] for j in classes])
         means = torch.stack([self.sums[j] / self.counts[j] for j in classes])  # J, C, k^2
         overall = sums.sum(0) / n.sum()
         between = (n[:, None] * (means - overall).pow(2).sum(2)).sum(0)
@@ -283,10 +283,9 @@ class CATRO(Criterion):
         scatter = self.statistics(adapter, model, batches)
         return {name: self._solve(name, b, w, fraction).kept.tolist() for name, (b, w) in scatter.items()}
 
-    def removed_positions(self, coupled, group, count: int) -> np.ndarray:
-        """The ``count`` prunable positions of ``group`` outside CATRO's trace-ratio subset of the
-        rest (``prune_model(subsets=...)``): the group's scatter is the sum over its scored layers
-        (keeping a position keeps it in every one), from the statistics of the last :meth:`score`."""
+    def group_scatter(self, group) -> tuple[np.ndarray, np.ndarray]:
+        """(b, w) per position of a coupled group: the sums over its scored layers (keeping a
+        position keeps it in every one), from the statistics of the last :meth:`score`."""
         if not self.last_scatter:
             raise DetpruneError("catro: score the model before choosing subsets from its statistics")
         b, w = np.zeros(group.size), np.zeros(group.size)
@@ -295,6 +294,12 @@ class CATRO(Criterion):
                 between, within = self.last_scatter[member.name]
                 np.add.at(b, member.positions, between[member.channels])
                 np.add.at(w, member.positions, within[member.channels])
+        return b, w
+
+    def removed_positions(self, coupled, group, count: int) -> np.ndarray:
+        """The ``count`` prunable positions of ``group`` outside CATRO's trace-ratio subset of the
+        rest (``prune_model(subsets=...)``), on :meth:`group_scatter`."""
+        b, w = self.group_scatter(group)
         prunable = np.asarray(group.prunable, dtype=np.int64)
         keep = len(prunable) - count
         if keep < 1:
@@ -315,7 +320,7 @@ class CATRO(Criterion):
         points = adapter.activation_points(model)
         if not points:
             raise DetpruneError(f"{type(adapter).__name__}: the model has no prunable activation points to score")
-        table = weight_table(self.class_weights, adapter.class_names(model), self.name) if self.class_weights else None
+        table = model_weight_table(self.class_weights, adapter, model, self.name)
         weights = None if table is None else dict(enumerate(table.tolist()))
         tick = time.perf_counter()
         stats = CatroStats()

@@ -101,6 +101,11 @@ def weight_table(weights: Mapping[str, float] | None, class_names: Sequence[str]
     return torch.tensor([checked.get(n, 1.0) for n in names], dtype=torch.float64)
 
 
+def model_weight_table(weights: Mapping[str, float] | None, adapter, model, who: str) -> torch.Tensor | None:
+    """:func:`weight_table` in ``model``'s class order; without weights the adapter is not asked."""
+    return weight_table(weights, adapter.class_names(model), who) if weights else None
+
+
 def box_weights(labels: Sequence[torch.Tensor], table: torch.Tensor) -> list[torch.Tensor]:
     """Per image, the float64 weight of each box by its label (class-less boxes, label -1, weigh 1)."""
     out = []

@@ -76,7 +76,7 @@ from torch import nn
 
 from detprune.adapters.base import DetectorAdapter
 from detprune.criteria.base import ChannelScores, Criterion, register_criterion
-from detprune.criteria.class_weights import box_weights, check_class_weights, weight_table
+from detprune.criteria.class_weights import box_weights, check_class_weights, model_weight_table
 from detprune.criteria.hooks import GradientCapture, model_device, out_channels, scoring_state, seeded
 from detprune.criteria.weight_map import WeightMapSpec, batch_weight_maps
 from detprune.data.batch import Batch
@@ -221,9 +221,7 @@ class BoxWeightedSaliency(Criterion):
 
     def weight_table(self, adapter: DetectorAdapter, model: nn.Module) -> torch.Tensor | None:
         """The class weights per label id of ``model`` (None: no weights, or all 1)."""
-        if not self.class_weights:
-            return None
-        return weight_table(self.class_weights, adapter.class_names(model), self.name)
+        return model_weight_table(self.class_weights, adapter, model, self.name)
 
     def score(self, adapter: DetectorAdapter, model: nn.Module, batches: Iterable[Batch]) -> ChannelScores:
         points = adapter.activation_points(model)

@@ -33,7 +33,7 @@ from torch import nn
 
 from detprune.adapters.base import DetectorAdapter
 from detprune.criteria.base import ChannelScores, Criterion, register_criterion
-from detprune.criteria.class_weights import check_class_weights, weight_table, weighted_loss
+from detprune.criteria.class_weights import check_class_weights, model_weight_table, weighted_loss
 from detprune.criteria.hooks import model_device, scoring_state, seeded
 from detprune.data.batch import Batch
 from detprune.errors import DetpruneError
@@ -151,7 +151,7 @@ class FirstOrderTaylor(Criterion):
             if not isinstance(getattr(convs[name], "weight", None), torch.Tensor):
                 raise DetpruneError(f"Taylor scores weights, but {name!r} ({type(convs[name]).__name__}) has none")
 
-        table = weight_table(self.class_weights, adapter.class_names(model), self.name) if self.class_weights else None
+        table = model_weight_table(self.class_weights, adapter, model, self.name)
         totals: dict[str, torch.Tensor] = {}
         groups = None
         device = model_device(model)

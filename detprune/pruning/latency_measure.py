@@ -343,8 +343,7 @@ def _measure_table(coupled, model, key, backend, device, example, threads, point
         grid_in = grid_out if op == "depthwise" else grid_widths(c_in, moves_in, points, round_to)
         act = activation_after(model, name.rsplit("#", 1)[0]) if "#" in name else None
         if op == "depthwise":  # one axis: time the diagonal, spread over the square grid
-            diag = [_one(backend, m, act, call.input_shape, [c], [c], threads, warmup, runs)[0, 0] for c in grid_out]
-            ms = np.array([[diag[max(i, j)] for j in range(len(grid_out))] for i in range(len(grid_in))])
+            ms = _square([_one(backend, m, act, call.input_shape, [c], [c], threads, warmup, runs)[0, 0] for c in grid_out])
         else:
             ms = _one(backend, m, act, call.input_shape, grid_in, grid_out, threads, warmup, runs)
         layers[name] = LayerTiming(op, c_in, c_out, list(map(int, grid_in)), list(map(int, grid_out)), monotone(ms).tolist())
@@ -363,9 +362,14 @@ def _time_rider(rider, backend: str, threads, points: int, round_to: int, warmup
     grid = grid_widths(rider.channels, rider.movable, points, round_to)
     runners = [_ort_runner(roi_align_graph(rider.feature_shape, c, rider.rois, rider.output_size, rider.sampling_ratio,
                                            rider.spatial_scale), threads, [1, c, *rider.feature_shape[2:]]) for c in grid]
-    diag = time_interleaved(runners, warmup, runs)
-    ms = np.array([[diag[max(i, j)] for j in range(len(grid))] for i in range(len(grid))])
+    ms = _square(time_interleaved(runners, warmup, runs))
     return LayerTiming("roi_align", rider.channels, rider.channels, list(map(int, grid)), list(map(int, grid)), monotone(ms).tolist())
+
+
+def _square(diagonal: Sequence[float]) -> np.ndarray:
+    """A one-axis timing (input width = output width) spread over the square grid the table reads."""
+    n = len(diagonal)
+    return np.array([[diagonal[max(i, j)] for j in range(n)] for i in range(n)])
 
 
 def _one(backend, module, act, input_shape, grid_in, grid_out, threads, warmup, runs) -> np.ndarray:
