@@ -54,7 +54,8 @@ from detprune.data.folds import kfold_splits  # noqa: E402
 from detprune.data.loader import load_dataset  # noqa: E402
 from detprune.errors import DetpruneError  # noqa: E402
 from detprune.utils.atomic import write_text  # noqa: E402
-from accuracy_cells import Cell, Runner, parse_class_weights, rect_hw, split_allocation  # noqa: E402
+from accuracy_cells import (Cell, Runner, criterion_options, parse_class_weights, rect_hw, split_allocation,  # noqa: E402
+                            split_criterion)
 from compare_criteria import settings_key  # noqa: E402  (the same cache keys)
 from detprune.data.stats import size_bucket  # noqa: E402
 
@@ -80,7 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--baseline-epochs", type=int, default=80)
     p.add_argument("--finetune-epochs", type=int, default=20, help="the equal budget of every row")
     p.add_argument("--target", type=float, default=0.5, help="FLOPs kept by the grid of configurations")
-    p.add_argument("--criteria", default="saliency,taylor,l1")
+    p.add_argument("--criteria", default="saliency,taylor,l1",
+                   help="criteria, each NAME or NAME:KEY=VALUE[:KEY=VALUE] with its options, e.g. catro:ridge=0")
     p.add_argument("--allocations", default="global,cost",
                    help="how the cut is spread over layers: global, uniform, cost (FLOPs), latency (knapsack on a measured "
                         "ONNX Runtime latency table; --target is then the predicted latency kept), or widths:CRITERION-ALLOCATION "
@@ -124,8 +126,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("give at least one criterion, allocation and distill setting")
     if args.only_folds and not all(0 <= f < args.folds for f in args.only_folds):
         p.error(f"--only-folds are indices in 0..{args.folds - 1}")
-    for name in args.criteria:
-        get_criterion(name)  # an unknown name fails here, before any training
+    for token in args.criteria:  # an unknown name or option fails here, before any training
+        name = split_criterion(token)[0]
+        get_criterion(name, **criterion_options(token, args.seed))
     for token in args.allocations:
         allocation, widths_from = split_allocation(token)
         if allocation not in ("global", "uniform", "cost", "latency"):

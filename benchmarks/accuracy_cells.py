@@ -56,7 +56,8 @@ class Cell:
         mode = "distill" if self.distill else "plain"
         allocation = self.allocation.replace(":", "-of-")
         weights = f"-cw-{self.class_weights.replace(',', '_')}" if self.class_weights else ""
-        return (f"{self.criterion}-{allocation}-{mode}-seed{self.seed}" + (f"-{self.replica}" if self.replica else "")
+        criterion = self.criterion.replace(":", "-").replace("=", "")
+        return (f"{criterion}-{allocation}-{mode}-seed{self.seed}" + (f"-{self.replica}" if self.replica else "")
                 + weights)
 
     def label(self) -> str:
@@ -71,6 +72,14 @@ class Cell:
 
 
 WIDTHS_PREFIX = "widths:"
+
+
+def split_criterion(token: str) -> tuple[str, dict]:
+    """(criterion, its options): "catro:ridge=0" -> ("catro", {"ridge": 0}); "l1" -> ("l1", {})."""
+    from detprune.criteria.base import parse_options
+
+    name, *pairs = token.split(":")
+    return name, parse_options(pairs)
 
 
 def split_allocation(token: str) -> tuple[str, str | None]:
@@ -92,7 +101,7 @@ JOINT_SUBSET_CRITERIA = ("catro",)  # choose a group's channels jointly, at a wi
 def joint_subsets(cell: Cell) -> bool:
     """Whether ``cell``'s criterion picks subsets at widths it did not allocate (uniform, or another's)."""
     allocation, widths_from = split_allocation(cell.allocation)
-    return cell.criterion in JOINT_SUBSET_CRITERIA and (widths_from is not None or allocation == "uniform")
+    return split_criterion(cell.criterion)[0] in JOINT_SUBSET_CRITERIA and (widths_from is not None or allocation == "uniform")
 
 
 def _accepts(function: Callable, name: str) -> bool:
@@ -110,12 +119,22 @@ def _criterion_parameters(name: str) -> set[str]:
 CAR_OPTIONS = {"metric": "loss", "max_channels_per_layer": 4}
 
 
-def criterion_options(name: str, seed: int, class_weights: dict[str, float] | None = None) -> dict:
+# options whose default changed after cells were cached: their resolved value enters a cell's key
+KEYED_OPTIONS = {"catro": ("ridge",)}
+
+
+def criterion_options(token: str, seed: int, class_weights: dict[str, float] | None = None) -> dict:
+    """The options the benchmark gives criterion ``token`` ("NAME" or "NAME:KEY=VALUE:..."): the
+    token's own, over the seed, no progress bar, CAR's sampling and the class weights."""
+    name, own = split_criterion(token)
     accepted = _criterion_parameters(name)
+    unknown = sorted(set(own) - accepted)
+    if unknown:
+        raise DetpruneError(f"criterion {token!r}: {name} has no option {', '.join(unknown)}")
     options = {"seed": seed, "progress": False, **(CAR_OPTIONS if name == "car" else {})}
     if class_weights:
         options["class_weights"] = class_weights
-    return {k: v for k, v in options.items() if k in accepted}
+    return {**{k: v for k, v in options.items() if k in accepted}, **own}
 
 
 def metrics_of(result: dict, class_names: list[str]) -> dict:
@@ -236,10 +255,16 @@ class Runner:
 
     def cell_settings(self, cell: Cell, fold: int) -> dict:
         settings = {**self._settings(fold), **cell.describe(), **self.train_options(cell.seed)}
-        if "car" in (cell.criterion, split_allocation(cell.allocation)[1]):  # CAR's sampling is part of its result
+        from detprune.criteria import get_criterion
+
+        name = split_criterion(cell.criterion)[0]
+        if "car" in (name, split_allocation(cell.allocation)[1]):  # CAR's sampling is part of its result
             settings["car"] = {**CAR_OPTIONS, "images": self.args.car_images}
         if joint_subsets(cell):
-            settings["subsets"] = cell.criterion
+            settings["subsets"] = name
+        for option in KEYED_OPTIONS.get(name, ()):  # the resolved value, so a changed default is not read from cache
+            value = get_criterion(name, **criterion_options(cell.criterion, cell.seed)).options()[option]
+            settings[f"{name}_{option}"] = str(value)
         return settings
 
     def is_cached(self, cell: Cell, fold: int) -> bool:
@@ -253,7 +278,7 @@ class Runner:
             return f"allocation '{allocation}' is not in this prune_model yet"
         if widths_from is not None and not _accepts(prune_model, "width_scores"):
             return "widths from another criterion are not in this prune_model yet"
-        if cell.class_weights and "class_weights" not in _criterion_parameters(cell.criterion):
+        if cell.class_weights and "class_weights" not in _criterion_parameters(split_criterion(cell.criterion)[0]):
             return f"{cell.criterion} takes no class weights"
         if cell.distill and distill_keyword() is None:
             return "distilled fine-tuning is not in this finetune_yolo yet"
@@ -357,16 +382,17 @@ class Runner:
         from detprune.workflow.stages import score_channels
 
         train = self.splits[fold][0]
-        if criterion == "car":
+        name = split_criterion(criterion)[0]
+        if name == "car":
             train = DetectionSet(list(train.class_names), list(train.samples)[:self.args.car_images], name="car-held-out")
             plan = get_criterion("car", **criterion_options("car", seed)).planned_channels(self.adapter, model)
             passes = 1 + sum(len(c) for c in plan.values())
             self.log(f"car fold {fold}: {CAR_OPTIONS['metric']} metric, {passes} evaluations ({len(plan)} layers x "
                      f"<= {CAR_OPTIONS['max_channels_per_layer']} sampled channels, + 1) x {len(train)} frames")
         tick = time.perf_counter()
-        scorer = get_criterion(criterion, **criterion_options(criterion, seed, class_weights))
+        scorer = get_criterion(name, **criterion_options(criterion, seed, class_weights))
         scores = score_channels(self.adapter, model, train, scorer, imgsz=self.hw, batch_size=self.args.batch)
-        if criterion == "car":
+        if name == "car":
             self.log(f"car fold {fold}: scored in {time.perf_counter() - tick:.0f} s")
         return scores, scorer
 

@@ -74,3 +74,33 @@ def test_catro_picks_joint_subsets_only_at_widths_it_did_not_allocate():
     assert joint_subsets(Cell(0.5, "catro", "uniform", False, 0))
     assert not joint_subsets(Cell(0.5, "catro", "global", False, 0))  # its own ranking allocates
     assert not joint_subsets(Cell(0.5, "l1", "widths:saliency-global", False, 0))
+
+
+def test_criterion_tokens_carry_their_options_into_the_name_and_the_criterion():
+    from accuracy_cells import criterion_options, split_criterion
+
+    assert split_criterion("l1") == ("l1", {})
+    assert split_criterion("catro:ridge=0:roi_size=5") == ("catro", {"ridge": 0, "roi_size": 5})
+    assert Cell(0.5, "catro:ridge=0", "widths:saliency-global", False, 0).name() == \
+        "catro-ridge0-widths-of-saliency-global-plain-seed0"
+    options = criterion_options("catro:ridge=2", seed=3, class_weights={"Pedestrian": 3.0})
+    assert options == {"seed": 3, "progress": False, "class_weights": {"Pedestrian": 3.0}, "ridge": 2}
+    with pytest.raises(DetpruneError, match="catro has no option bogus"):
+        criterion_options("catro:bogus=1", seed=0)
+
+
+def test_a_changed_default_enters_the_cache_key_resolved():
+    """CATRO's ridge default changed after cells were cached: a cell names the ridge it ran with,
+    so the old cells (paper's ratio) are not read back as the new default's."""
+    from types import SimpleNamespace
+
+    from accuracy_cells import Runner
+
+    runner = Runner(SimpleNamespace(car_images=8, out="unused"), None, None, None, (224, 640), None, print)
+    runner._settings = lambda fold: {"fold": fold}
+    runner.train_options = lambda seed: {"seed": seed}
+    default = runner.cell_settings(Cell(0.5, "catro", "widths:saliency-global", False, 0), 0)
+    paper = runner.cell_settings(Cell(0.5, "catro:ridge=0", "widths:saliency-global", False, 0), 0)
+    assert default["catro_ridge"] == "inf" and paper["catro_ridge"] == "0.0"
+    assert default["subsets"] == paper["subsets"] == "catro"
+    assert "catro_ridge" not in runner.cell_settings(Cell(0.5, "l1", "global", False, 0), 0)

@@ -4,6 +4,7 @@ answer, and a real YOLOv5n whose kept sets the pruner accepts."""
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from torch import nn
 
 from detprune.adapters.base import DetectorAdapter
 from detprune.criteria import get_criterion
-from detprune.criteria.catro import CATRO, BACKGROUND, ClassStatistics, solve_trace_ratio
+from detprune.criteria.catro import CATRO, BACKGROUND, ClassStatistics, marginal_gains, solve_trace_ratio
 from detprune.data.types import Detections
 from pruning_toys import one_thread  # noqa: F401
 from test_saliency import make_batch, random_image
@@ -34,6 +35,35 @@ def test_solver_finds_the_best_subset_and_lambda_never_falls(seed):
     assert solution.ratio == pytest.approx(best)
     assert b[solution.kept].sum() / w[solution.kept].sum() == pytest.approx(best)
     assert all(a <= b_ for a, b_ in zip(solution.history, solution.history[1:]))
+
+
+@pytest.mark.parametrize("ridge", [0.5, 3.0])
+def test_the_ridge_solution_is_the_best_subset_of_the_regularised_ratio(ridge):
+    rng = np.random.default_rng(7)
+    b, w = rng.random(8) * rng.random(8) * 5, rng.random(8) + 0.05
+    solution = solve_trace_ratio(b, w, keep=3, ridge=ridge)
+    charged = w + ridge * w.mean()
+    best = max(b[list(s)].sum() / charged[list(s)].sum() for s in itertools.combinations(range(8), 3))
+    assert solution.ratio == pytest.approx(best)
+
+
+def test_the_ridge_leans_to_between_class_scatter_and_inf_keeps_the_largest():
+    # channel 0: large between- and within-class scatter; channel 1: little of either, better ratio
+    b, w = np.array([10.0, 3.0, 1.0]), np.array([10.0, 0.5, 5.0])
+    assert solve_trace_ratio(b, w, keep=1).kept.tolist() == [1]  # the paper's ratio
+    assert solve_trace_ratio(b, w, keep=1, ridge=10.0).kept.tolist() == [0]
+    at_inf = solve_trace_ratio(b, w, keep=2, ridge=math.inf)
+    assert at_inf.kept.tolist() == [0, 1] and at_inf.ratio == 0.0
+    np.testing.assert_array_equal(marginal_gains(b, w, 0.0, math.inf), b)
+
+
+def test_a_negative_ridge_is_refused_in_one_line():
+    from detprune.errors import DetpruneError
+
+    with pytest.raises(DetpruneError, match="ridge must be >= 0"):
+        CATRO(ridge=-1)
+    with pytest.raises(DetpruneError, match="ridge must be >= 0"):
+        solve_trace_ratio(np.ones(2), np.ones(2), keep=1, ridge=-0.5)
 
 
 def test_a_perfectly_separating_channel_has_infinite_ratio_and_is_kept():
@@ -160,16 +190,21 @@ def test_catro_on_yolov5n_gives_kept_sets_the_pruner_accepts():
 
 
 def _group_ratio(catro, coupled, group, removed) -> float:
-    """The trace ratio of what ``group`` keeps, from CATRO's statistics summed over its layers."""
+    """CATRO's objective for what ``group`` keeps (the regularised trace ratio; at ``ridge = inf``
+    the between-class scatter kept), from its statistics summed over the group's layers."""
     b, w = catro.group_scatter(group)
-    kept = np.setdiff1d(group.prunable, removed)
-    return float(b[kept].sum() / w[kept].sum())
+    prunable = np.asarray(group.prunable)
+    kept = np.setdiff1d(prunable, removed)
+    if math.isinf(catro.ridge):
+        return float(b[kept].sum())
+    return float(b[kept].sum() / (w[kept].sum() + catro.ridge * w[prunable].mean() * len(kept)))
 
 
-def test_catro_subsets_at_uniform_widths_hit_the_target_are_exact_and_separate_best():
+@pytest.mark.parametrize("ridge", [0.0, 2.0, math.inf])
+def test_catro_subsets_at_uniform_widths_hit_the_target_are_exact_and_separate_best(ridge):
     """Under the uniform allocation CATRO picks each group's channels jointly (the trace-ratio
     subset at that width): the FLOPs target is met, zeroing exactly those channels and cutting
-    them gives the same outputs, and every group keeps a ratio at least the ranking's."""
+    them gives the same outputs, and every group keeps an objective at least the ranking's."""
     import copy
 
     yolo = pytest.importorskip("detprune.adapters.yolo")
@@ -185,7 +220,7 @@ def test_catro_subsets_at_uniform_widths_hit_the_target_are_exact_and_separate_b
     randomise_norms(model, 3)
     images = [random_image(i, 64).float() for i in range(2)]
     batches = [make_batch(images, [[[4, 8, 40, 44], [44, 30, 52, 46]], [[10, 2, 62, 60]]], [[0, 1], [0]])]
-    catro = CATRO(samples_per_class=4, progress=False)
+    catro = CATRO(samples_per_class=4, ridge=ridge, progress=False)
     scores = catro.score(adapter, model, batches)
 
     joint = prune_model(adapter, copy.deepcopy(model), scores, allocation="uniform", subsets=catro, target_flops=0.5, imgsz=64)
@@ -204,7 +239,7 @@ def test_catro_subsets_at_uniform_widths_hit_the_target_are_exact_and_separate_b
         theirs = [position[c] for c in b.channels]
         assert _group_ratio(catro, coupled, group, mine) >= _group_ratio(catro, coupled, group, theirs) * (1 - 1e-12)
         differ += sorted(mine) != sorted(theirs)
-    assert differ  # the joint choice is not the ranking in disguise
+    assert differ or math.isinf(ridge)  # the joint choice is not the ranking in disguise (at inf it is: b alone)
 
     before, after = _cut_exactly_what_cost_removes(adapter, model, scores, 64, lambda m, x, ref=None: m(x),
                                                    allocation="uniform", subsets=catro)
