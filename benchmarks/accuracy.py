@@ -220,6 +220,20 @@ def best_configuration(rows: list[dict], target: float, seed: int) -> dict | Non
     return max(candidates, key=lambda r: (r["mAP50"]["mean"], r["AP_small"]["mean"] if r.get("AP_small") else -1))
 
 
+def cached_fold(accuracy_args: str, fold: int):
+    """(benchmark arguments, runner, the fold's cached baseline model) for the diagnostic tools that
+    read this benchmark's baselines without training (``catro_ridge.py``, ``latency_table_fit.py``)."""
+    args = parse_args(accuracy_args.split())
+    torch.set_num_threads(args.threads)
+    dataset = load_dataset(args.data)
+    splits = kfold_splits(dataset, args.folds, seed=args.fold_seed)
+    runner = Runner(args, YoloAdapter(), dataset, splits, rect_hw(dataset, args.width), settings_key, lambda message: None)
+    if not 0 <= fold < args.folds or not (runner.baseline_dir(fold) / "baseline.pt").is_file():
+        raise DetpruneError(f"no cached baseline for fold {fold}: run benchmarks/accuracy.py --baselines-only "
+                            f"{accuracy_args} first")
+    return args, runner, runner.baseline(fold)[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)

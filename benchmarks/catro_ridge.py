@@ -31,15 +31,9 @@ os.environ.setdefault("YOLO_VERBOSE", "False")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 import accuracy  # noqa: E402
-from accuracy_cells import Runner  # noqa: E402
-from compare_criteria import settings_key  # noqa: E402
-from detprune.adapters.yolo import YoloAdapter  # noqa: E402
 from detprune.criteria.catro import solve_trace_ratio  # noqa: E402
-from detprune.data.folds import kfold_splits  # noqa: E402
-from detprune.data.loader import load_dataset  # noqa: E402
 from detprune.errors import DetpruneError  # noqa: E402
 from detprune.pruning import prune_model  # noqa: E402
 from detprune.utils.atomic import write_text  # noqa: E402
@@ -70,16 +64,9 @@ def scatter_kept(scatter: dict, ridge: float, fraction: float = 0.5) -> tuple[fl
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    bench = accuracy.parse_args(args.accuracy_args.split())
-    torch.set_num_threads(bench.threads)
-    dataset = load_dataset(bench.data)
-    hw = accuracy.rect_hw(dataset, bench.width)
-    splits = kfold_splits(dataset, bench.folds, seed=bench.fold_seed)
-    runner = Runner(bench, YoloAdapter(), dataset, splits, hw, settings_key, lambda message: None)
-    if not (runner.baseline_dir(args.fold) / "baseline.pt").is_file():
-        raise DetpruneError(f"no cached baseline for fold {args.fold}: run benchmarks/accuracy.py --baselines-only first")
-    base, _ = runner.baseline(args.fold)
-    train, val = splits[args.fold]
+    bench, runner, base = accuracy.cached_fold(args.accuracy_args, args.fold)
+    hw = runner.hw
+    val = runner.splits[args.fold][1]
 
     def scores_of(token: str):
         return runner.score(copy.deepcopy(base), args.fold, token, bench.seed, {})

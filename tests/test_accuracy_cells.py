@@ -104,3 +104,21 @@ def test_a_changed_default_enters_the_cache_key_resolved():
     assert default["catro_ridge"] == "inf" and paper["catro_ridge"] == "0.0"
     assert default["subsets"] == paper["subsets"] == "catro"
     assert "catro_ridge" not in runner.cell_settings(Cell(0.5, "l1", "global", False, 0), 0)
+
+
+def test_catro_ridge_reads_the_scatter_a_subset_keeps():
+    import numpy as np
+    from catro_ridge import scatter_kept
+
+    layer = (np.array([4.0, 3.0, 2.0, 1.0]), np.array([1.0, 1.0, 1.0, 5.0]))
+    between, within = scatter_kept({"conv": layer}, ridge=float("inf"))
+    assert between == pytest.approx(0.7) and within == pytest.approx(0.25)  # keeps channels 0 and 1
+
+
+def test_latency_table_fit_leave_one_out_is_zero_on_exact_data_and_not_otherwise():
+    import numpy as np
+    from latency_table_fit import leave_one_out
+
+    x = np.array([[1.0, 1.0], [2.0, 1.0], [3.0, 1.0], [5.0, 1.0]])
+    assert leave_one_out(x, 2 * x[:, 0] + 1).max() == pytest.approx(0.0, abs=1e-12)
+    assert leave_one_out(x, np.array([3.0, 5.0, 9.0, 11.0])).max() > 0.05
