@@ -67,6 +67,29 @@ def test_eval_rejects_an_unknown_frame_id_and_bad_flags_in_one_line(synthetic_ki
     assert code == 2 and "--nms-iou must lie in (0, 1]" in err
 
 
+def test_eval_takes_a_fixed_rect_canvas_and_it_is_what_the_api_measures(synthetic_kitti, checkpoint, tmp_path, capsys):
+    """``--imgsz H,W`` letterboxes every image into that canvas, as the accuracy benchmark evaluates
+    (its 640x224 rect training shape): the CLI then reports what ``adapter.evaluate`` does there."""
+    from detprune.adapters.yolo import YoloAdapter
+    from detprune.data.loader import load_eval_split
+
+    code, out, err = _eval(capsys, "--model", checkpoint, "--data", synthetic_kitti, "--imgsz", "64,96",
+                           "--json", tmp_path / "m.json", "--device", "cpu", "--conf", "0.0001")
+    assert code == 0, err
+    assert "64x96 px" in out
+    (summary,) = Report.load(tmp_path / "m.json").variants.values()
+    assert summary.info["imgsz"] == [64, 96]
+    adapter = YoloAdapter()
+    dataset = load_eval_split(synthetic_kitti, "val")
+    direct = adapter.evaluate(adapter.load_checkpoint(checkpoint), dataset, imgsz=(64, 96), conf=0.0001, progress=False)
+    assert summary.metrics["num_images"] == len(dataset)
+    assert summary.metrics["mAP"] == pytest.approx(direct["mAP"], abs=1e-12)
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", "--model", str(checkpoint), "--data", str(synthetic_kitti), "--imgsz", "16,96"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.splitlines()[-1].endswith("--imgsz takes one or two sizes of at least 32, got '16,96'")
+
+
 def test_eval_matches_a_checkpoint_s_classes_by_name(synthetic_kitti, checkpoint, tmp_path, capsys):
     common = ["--model", checkpoint, "--data", synthetic_kitti, "--imgsz", IMGSZ, "--val-count", "3", "--device", "cpu"]
     code, _, err = _eval(capsys, *common, "--class-map", "kitti8")

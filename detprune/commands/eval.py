@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from detprune.commands.export import parse_imgsz
 from detprune.commands.shared import add_loading_arguments, read_class_map, resolve_device
 
 HELP = "evaluate a model on a dataset split: COCO mAP, AP50, AP by size and class, KITTI AP on KITTI data"
@@ -83,7 +84,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-fraction", type=float, default=None, help="share held out as val when --data has no splits (default 0.2)")
     parser.add_argument("--val-count", type=int, default=None, help="number of val images instead of a share")
     parser.add_argument("--seed", type=int, default=None, help="seed of the train/val split (default 0, as prune's)")
-    parser.add_argument("--imgsz", type=int, default=DEFAULT_IMGSZ, help=f"input size (default {DEFAULT_IMGSZ}, as prune's)")
+    parser.add_argument("--imgsz", type=parse_imgsz, default=DEFAULT_IMGSZ,
+                        help=f"input size (default {DEFAULT_IMGSZ}, as prune's), or H,W: every image letterboxed into that "
+                             "canvas (e.g. 224,640, the rect shape ultralytics trains KITTI on at 640)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     add_eval_arguments(parser)
     parser.add_argument("--kitti-results", default=None, metavar="DIR",
@@ -106,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     from detprune.workflow.loading import load_for_data
     from detprune.workflow.measure import model_cost
 
-    if args.imgsz < 32 or args.batch_size < 1:
+    if min(as_hw(args.imgsz)) < 32 or args.batch_size < 1:
         raise DetpruneError("--imgsz must be >= 32 and --batch-size >= 1")
     options = eval_options(args)
     protocol = options.pop("kitti_protocol", None)
@@ -126,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     report = Report({Path(str(args.model)).name: summary}, run_info={"model": str(args.model), "data": str(args.data), **settings})
     iou = settings["nms_iou"] if settings["nms_iou"] is not None else "the model's own"
     print(f"{len(dataset)} images of {args.data} ({args.split}{', --val-list ' + str(args.val_list) if args.val_list else ''}), "
-          f"{metrics['num_objects']} objects; {args.imgsz} px {settings['letterbox']} letterbox, conf {settings['conf']}, "
+          f"{metrics['num_objects']} objects; {'x'.join(map(str, as_hw(args.imgsz)))} px {settings['letterbox']} letterbox, conf {settings['conf']}, "
           f"{'multi-label ' if settings['multi_label'] else ''}NMS IoU {iou}, max {settings['max_det']} detections")
     print(report.to_table())
     details = report.to_detail_tables()
