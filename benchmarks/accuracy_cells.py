@@ -254,9 +254,9 @@ class Runner:
         return self.out / "cells" / f"flops{cell.target:g}" / cell.name() / f"fold{fold}"
 
     def cell_settings(self, cell: Cell, fold: int) -> dict:
-        settings = {**self._settings(fold), **cell.describe(), **self.train_options(cell.seed)}
         from detprune.criteria import get_criterion
 
+        settings = {**self._settings(fold), **cell.describe(), **self.train_options(cell.seed)}
         name = split_criterion(cell.criterion)[0]
         if "car" in (name, split_allocation(cell.allocation)[1]):  # CAR's sampling is part of its result
             settings["car"] = {**CAR_OPTIONS, "images": self.args.car_images}

@@ -33,12 +33,13 @@ counts, sums (``C x k^2``) and sums of squares (``C``) are accumulated: memory i
 
 Regularised ratio (``ridge``, detprune's detection adaptation): ``J_rho(K) = tr(S_b|K) /
 (tr(S_w|K) + rho |K| mean_c w_c)``. At ``rho = 0`` (the paper's ratio) the subset prefers channels
-with little within-class scatter; a detector needs exactly that scatter to localise and size
-boxes, and on kitti_tiny the paper's ratio keeps no more than random channels do
-(``docs/benchmarks.md``, "Criteria under equal widths"). A ridge charges every kept channel the same
-within-class scatter, so the choice leans to between-class scatter; ``rho = inf`` keeps the
-``k`` channels of largest ``b_c`` (the limit, ``J`` then ``0``). The default, ``inf``, is what
-measured best; ``ridge=0`` is the paper's criterion.
+with little within-class scatter (on kitti_tiny half of a layer keeps 41% of it, less than a
+random half), the variation a detector reads to place and size boxes, and the cut keeps no more
+of the detector than random channels do (``docs/benchmarks.md``, "Criteria under equal widths").
+A ridge charges every kept channel the same within-class scatter, so the choice leans to
+between-class scatter; ``rho = inf`` keeps the ``k`` channels of largest ``b_c`` (the limit,
+``J`` then ``0``). The default, ``inf``, is what measured best; ``ridge=0`` is the paper's
+criterion.
 
 ``class_weights`` (``{class name: weight > 0}``) counts each sample of a class as that many
 samples: ``n_j``, the class sums and sums of squares are scaled by the class's weight (the
@@ -107,8 +108,7 @@ def solve_trace_ratio(between: np.ndarray, within: np.ndarray, keep: int, ridge:
         raise DetpruneError(f"trace ratio: ridge must be >= 0, got {ridge}")
     if math.isinf(ridge):
         return TraceRatioSolution(np.sort(_top(b, keep)), 0.0, [0.0])
-    if ridge > 0.0:
-        w = w + ridge * float(w.mean())
+    w = _charged(w, ridge)
     lam = 0.0
     history = [lam]
     chosen = _top(b, keep)
@@ -128,6 +128,11 @@ def solve_trace_ratio(between: np.ndarray, within: np.ndarray, keep: int, ridge:
     if history[-1] != lam:
         history.append(lam)
     return TraceRatioSolution(np.sort(chosen), lam, history)
+
+
+def _charged(within: np.ndarray, ridge: float) -> np.ndarray:
+    """Within-class shares plus the ridge's equal charge per channel (finite ``ridge``)."""
+    return within + ridge * float(within.mean()) if ridge > 0.0 else within
 
 
 def _top(values: np.ndarray, keep: int) -> np.ndarray:
@@ -150,8 +155,7 @@ def marginal_gains(between: np.ndarray, within: np.ndarray, ratio: float, ridge:
     w = np.asarray(within, dtype=np.float64)
     if math.isinf(ridge):
         return b.copy()
-    if ridge > 0.0:
-        w = w + ridge * float(w.mean())
+    w = _charged(w, ridge)
     if math.isfinite(ratio):
         return b - ratio * w
     perfect = (w <= 0) & (b > 0)
