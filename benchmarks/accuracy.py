@@ -89,6 +89,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(the widths another criterion gets under that allocation, e.g. widths:saliency-global)")
     p.add_argument("--class-weights", default=None, metavar="CLASS=W,...",
                    help="class priorities of the scoring criteria, e.g. Pedestrian=3,Cyclist=3 (default: none)")
+    p.add_argument("--finetune-class-weights", default=None, metavar="CLASS=W,...",
+                   help="class priorities of the fine-tuning loss (ultralytics' per-class BCE weights) (default: none)")
     p.add_argument("--car-images", type=int, default=8,
                    help="training frames CAR evaluates once per masked channel (its cost: passes x these images)")
     p.add_argument("--distill", default="off,on", help="fine-tune plain (off) and/or distilled from the baseline (on)")
@@ -137,12 +139,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             get_criterion(widths_from)
     if args.car_images < 1:
         p.error("--car-images must be >= 1")
-    try:
-        weights = parse_class_weights(args.class_weights)
-    except DetpruneError as err:
-        p.error(f"--class-weights: {err}")
-    # one canonical spelling, so the same weights give the same cell key
-    args.class_weights = ",".join(f"{k}={v:g}" for k, v in weights.items())
+    for flag in ("class_weights", "finetune_class_weights"):
+        try:
+            weights = parse_class_weights(getattr(args, flag))
+        except DetpruneError as err:
+            p.error(f"--{flag.replace('_', '-')}: {err}")
+        # one canonical spelling, so the same weights give the same cell key
+        setattr(args, flag, ",".join(f"{k}={v:g}" for k, v in weights.items()))
     return args
 
 
@@ -162,7 +165,8 @@ def timed_log(started: float):
 def grid(args: argparse.Namespace) -> list[Cell]:
     """Every configuration at ``--target``; the ones this installation cannot run are noted, not run."""
     # plain before distilled, the first allocation before the others: the axes that exist first
-    return [Cell(args.target, criterion, allocation, distill, args.seed, class_weights=args.class_weights)
+    return [Cell(args.target, criterion, allocation, distill, args.seed, class_weights=args.class_weights,
+                 finetune_weights=args.finetune_class_weights)
             for distill in args.distill for allocation in args.allocations for criterion in args.criteria]
 
 
@@ -241,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     log = timed_log(started)
     dataset = load_dataset(args.data)
     hw = rect_hw(dataset, args.width)
-    parse_class_weights(args.class_weights, list(dataset.class_names))  # an unknown class fails before any training
+    for weights in (args.class_weights, args.finetune_class_weights):  # an unknown class fails before any training
+        parse_class_weights(weights, list(dataset.class_names))
     splits = kfold_splits(dataset, args.folds, seed=args.fold_seed)
     folds = args.only_folds if args.only_folds is not None else list(range(args.folds))
     log(f"data: {len(dataset)} frames, {args.folds} folds of {', '.join(str(len(v)) for _, v in splits)}; "
@@ -270,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
         for repeat in args.repeat:
             seed = int(repeat[4:]) if repeat.startswith("seed") else first.seed
             again = Cell(first.target, first.criterion, first.allocation, first.distill, seed,
-                         replica="rerun" if repeat == "rerun" else "", class_weights=first.class_weights)
+                         replica="rerun" if repeat == "rerun" else "", class_weights=first.class_weights,
+                         finetune_weights=first.finetune_weights)
             found, skipped = run_cells([again], [0], runner, log, f"repeat {repeat}")
             repeats += found
             missing += skipped
@@ -287,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"best at {args.target:g} so far: {best['criterion']} / {best['allocation']} / "
             f"{'distill' if best['distill'] else 'plain'} (mAP50 {best['mAP50']['mean']:.1f})")
         extra = [Cell(t, best["criterion"], best["allocation"], best["distill"], args.seed,
-                      class_weights=best["class_weights"]) for t in args.extra_targets]
+                      class_weights=best["class_weights"], finetune_weights=best["finetune_weights"]) for t in args.extra_targets]
         found, skipped = run_cells(extra, folds, runner, log, "extra")
         results += found
         missing += skipped

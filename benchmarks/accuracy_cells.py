@@ -51,11 +51,13 @@ class Cell:
     seed: int
     replica: str = ""  # "rerun": the same settings trained again from scratch in its own folder
     class_weights: str = ""  # "Pedestrian=3,Cyclist=3": class priorities of the scoring criteria
+    finetune_weights: str = ""  # the same, of the fine-tuning loss (ultralytics' per-class BCE weights)
 
     def name(self) -> str:
         mode = "distill" if self.distill else "plain"
         allocation = self.allocation.replace(":", "-of-")
         weights = f"-cw-{self.class_weights.replace(',', '_')}" if self.class_weights else ""
+        weights += f"-ftw-{self.finetune_weights.replace(',', '_')}" if self.finetune_weights else ""
         criterion = self.criterion.replace(":", "-").replace("=", "")
         return (f"{criterion}-{allocation}-{mode}-seed{self.seed}" + (f"-{self.replica}" if self.replica else "")
                 + weights)
@@ -66,8 +68,9 @@ class Cell:
     def describe(self) -> dict:
         # a setting enters the cache key only when used, so the cells cached before it keep their keys
         described = asdict(self)
-        if not self.class_weights:
-            del described["class_weights"]
+        for unused in ("class_weights", "finetune_weights"):
+            if not described[unused]:
+                del described[unused]
         return described
 
 
@@ -173,7 +176,8 @@ class Runner:
         return {"imgsz": a.width, "rect": True, "batch": a.batch, "lr0": a.lr, "seed": seed, "warmup_epochs": 1,
                 "deterministic": True, "workers": 0, "plots": False}
 
-    def train(self, model, fold: int, epochs: int, out_dir: Path, seed: int, *, every_epoch: bool, teacher=None):
+    def train(self, model, fold: int, epochs: int, out_dir: Path, seed: int, *, every_epoch: bool, teacher=None,
+              class_weights: dict[str, float] | None = None):
         """Train ``epochs`` on the fold's training frames; return the model after the LAST epoch."""
         from ultralytics.nn.tasks import load_checkpoint
 
@@ -185,6 +189,8 @@ class Runner:
         options = {**self.train_options(seed), "val": every_epoch, "exist_ok": True}
         if teacher is not None:
             options[distill_keyword()] = teacher
+        if class_weights:
+            options["class_weights"] = class_weights
         result = finetune_yolo(model, data, epochs=epochs, out_dir=out_dir / "finetune", **options)
         torch.set_num_threads(self.args.threads)
         last, _ = load_checkpoint(str(result.last))
@@ -363,7 +369,8 @@ class Runner:
             options.update(allocation="cost", cost="latency", latency_table=self.latency_table(base))
         pruned = prune_model(self.adapter, model, scores, round_to=a.round_to, imgsz=self.hw, **target, **options)
         teacher = copy.deepcopy(base) if cell.distill else None
-        tuned, _ = self.train(pruned.model, fold, a.finetune_epochs, folder, cell.seed, every_epoch=False, teacher=teacher)
+        tuned, _ = self.train(pruned.model, fold, a.finetune_epochs, folder, cell.seed, every_epoch=False, teacher=teacher,
+                              class_weights=parse_class_weights(cell.finetune_weights, list(self.dataset.class_names)))
         extra = {"seconds": {"score": scored - tick, "train": time.perf_counter() - scored}}
         return self._finish(folder, settings, "pruned", fold, tuned, extra, tick)
 
@@ -412,7 +419,7 @@ class Runner:
                 folder = self.out / "cells" / "same_budget" / f"fold{fold}"
             else:
                 cell = Cell(s["target"], s["criterion"], s["allocation"], s["distill"], s["seed"], s.get("replica", ""),
-                            s.get("class_weights", ""))
+                            s.get("class_weights", ""), s.get("finetune_weights", ""))
                 folder = self.cell_dir(cell, fold)
             path = folder / "finetune" / "train" / "weights" / "last.pt"
         model, _ = load_checkpoint(str(path))

@@ -8,13 +8,14 @@ from pathlib import Path
 from accuracy_cells import allocation_label
 
 METRICS = ("mAP50", "mAP50-95", "AP_small", "AP Car", "AP Pedestrian", "AP Cyclist", "KITTI moderate", "KITTI hard")
-GROUP = ("kind", "target", "criterion", "allocation", "distill", "seed", "replica", "class_weights")
+GROUP = ("kind", "target", "criterion", "allocation", "distill", "seed", "replica", "class_weights", "finetune_weights")
 
 
 def _group(cell: dict) -> tuple:
     s = cell["settings"]
     return (cell["kind"], s.get("target", 1.0), s.get("criterion", "-"), s.get("allocation", "-"),
-            s.get("distill", False), s.get("seed", 0), s.get("replica", ""), s.get("class_weights", ""))
+            s.get("distill", False), s.get("seed", 0), s.get("replica", ""), s.get("class_weights", ""),
+            s.get("finetune_weights", ""))
 
 
 def _stat(values: list[float]) -> dict | None:
@@ -45,7 +46,7 @@ def summarise(cells: list[dict]) -> list[dict]:
         rows.append(row)
     order = {"unpruned": 0, "same_budget": 1, "pruned": 2}
     rows.sort(key=lambda r: (order[r["kind"]], -r["target"], r["criterion"], r["allocation"], r["distill"], r["seed"], r["replica"],
-                             r["class_weights"]))
+                             r["class_weights"], r["finetune_weights"]))
     return rows
 
 
@@ -65,6 +66,7 @@ def row_name(row: dict) -> str:
     mode = "distill" if row["distill"] else "plain"
     extra = f", seed {row['seed']}" + (" rerun" if row["replica"] else "") if row["replica"] or row["seed"] else ""
     weights = f" / {row['class_weights']}" if row.get("class_weights") else ""
+    weights += f" / fine-tuned {row['finetune_weights']}" if row.get("finetune_weights") else ""
     return f"{row['criterion']} / {allocation_label(row['allocation'])} / {mode}{weights}{extra}"
 
 
@@ -122,7 +124,7 @@ def repeat_table(report: dict) -> str:
         return ""
     first = repeats[0]["settings"]
     original = [c for c in report["cells"] if c["kind"] == "pruned" and c["fold"] == 0
-                and all(c["settings"].get(k) == first.get(k) for k in ("target", "criterion", "allocation", "distill", "class_weights"))
+                and all(c["settings"].get(k) == first.get(k) for k in ("target", "criterion", "allocation", "distill", "class_weights", "finetune_weights"))
                 and c["settings"].get("seed") == report["settings"]["seed"] and not c["settings"].get("replica")]
     lines = ["| run (fold 0) | " + " | ".join(METRICS[:3]) + " | FLOPs kept |", "|---|---|---|---|---|"]
     for cell in original + repeats:

@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr0", type=float, default=None, help="initial learning rate (selects SGD unless --trainer-arg optimizer=...)")
     parser.add_argument("--patience", type=int, default=None, help="stop after this many epochs without improvement (default 100)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--class-weights", default=None, metavar="CLASS=W,...",
+                        help="weigh each class's share of the classification loss (ultralytics' per-class BCE weights), "
+                             "e.g. Pedestrian=3,Cyclist=3 or a yaml; classes not named weigh 1 (YOLO only)")
     parser.add_argument(
         "--trainer-arg", dest="trainer_args", action="append", default=None, metavar="KEY=VALUE",
         help="any other ultralytics trainer argument, e.g. mosaic=0.5 or freeze=10 (repeatable)",
@@ -162,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
     if os.environ.get("DETPRUNE_QUIET") != "1":
         os.environ["YOLO_VERBOSE"] = "True"  # ultralytics' epoch table is this command's progress display
     from detprune.errors import BadInputError
+    from detprune.criteria.class_weights import parse_class_weights
     from detprune.train.yolo_trainer import finetune_yolo
 
     out = Path(args.out)
@@ -170,7 +174,10 @@ def run(args: argparse.Namespace) -> int:
     adapter, model = _load_model(args.model, out, args.exist_ok and not args.resume) if args.model else (None, None)
     teacher = _teacher(args, model)
     distill = {} if teacher is None else {"teacher": teacher, "distill_weight": args.distill_weight}
+    weights = parse_class_weights(args.class_weights)
     if adapter is not None and adapter.family == "rcnn":
+        if weights:
+            raise BadInputError("--class-weights weigh ultralytics' loss; the Faster R-CNN loop cannot weigh classes yet")
         return _finetune_rcnn(args, adapter, model, distill)
     result = finetune_yolo(
         model,
@@ -186,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
         exist_ok=args.exist_ok,
         seed=args.seed,
         patience=args.patience,
+        class_weights=weights or None,
         **distill,
         **_trainer_args(args.trainer_args),
     )

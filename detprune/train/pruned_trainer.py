@@ -103,6 +103,7 @@ class PrunedDetectionTrainer(DetectionTrainer):
 
     def __init__(self, cfg=DEFAULT_CFG, overrides: dict | None = None, _callbacks: dict | None = None):
         self.structure: dict[str, tuple[int, ...]] | None = None  # shapes of the model being trained
+        self.class_weight_table: torch.Tensor | None = None  # set by finetune_yolo: classes put first
         with trainer_guards():  # the dataset check in __init__ would ask for a font online
             super().__init__(cfg, overrides, _callbacks)
 
@@ -116,6 +117,18 @@ class PrunedDetectionTrainer(DetectionTrainer):
         student = make_trainable(student_of(self.model))  # a resumed distillation run gives the wrapper
         self.structure = tensor_shapes(student)
         return ckpt
+
+    def set_class_weights(self):
+        """ultralytics' own per-class BCE weights (``model.class_weights``, read by its detection
+        loss): the table given to this run, else its ``cls_pw`` frequency weights. A weight a
+        checkpoint carries from an earlier run is dropped first, so a run weighs classes only
+        when asked to."""
+        student = student_of(unwrap_model(self.model))
+        student.class_weights = None
+        if self.class_weight_table is None:
+            return super().set_class_weights()
+        student.class_weights = self.class_weight_table.float().to(self.device)
+        LOGGER.info(f"Class weights: {student.class_weights.cpu().numpy().round(3)}")
 
     def get_model(self, cfg=None, weights=None, verbose: bool = True):
         if not isinstance(weights, nn.Module):

@@ -21,7 +21,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -156,6 +156,7 @@ def finetune_yolo(
     callbacks: dict[str, Callable] | None = None,
     teacher: nn.Module | None = None,
     distill_weight: float | None = None,
+    class_weights: Mapping[str, float] | None = None,
     progress_label: str = "fine-tune epochs",
     **overrides: Any,
 ) -> FinetuneResult:
@@ -182,6 +183,11 @@ def finetune_yolo(
     (default ultralytics' 6.0). The teacher is frozen and never saved with the student; a
     resumed run distils from the teacher it started with.
 
+    ``class_weights`` (``{class name: weight > 0}``, classes not named weigh 1) scales each
+    class's share of the classification loss: ultralytics' own per-class BCE weights
+    (``model.class_weights``, as its ``cls_pw`` sets from class frequencies), here given by the
+    user. Not with ``resume`` (the weights are not stored with the run) or DDP.
+
     The caller's ``model`` is not modified. Raises :class:`BadInputError` for bad arguments and
     :class:`DetpruneError` if a checkpoint does not have the given model's shapes.
     ``progress_label`` names the epoch bar (a baseline trained from scratch is not a fine-tune).
@@ -197,6 +203,7 @@ def finetune_yolo(
         if resume:
             raise BadInputError("a resumed run keeps its hyperparameters; lr0 cannot change (start a new run instead)")
         overrides = {"optimizer": "SGD", **overrides, "lr0": float(lr0)}
+    table = _class_weight_table(class_weights, model, resume, given.get("device"))
     if resume:
         args, expected = _resume_args(model, data_yaml, epochs, out_dir, {**given, **overrides})
     else:
@@ -204,7 +211,24 @@ def finetune_yolo(
             overrides = {**overrides, "dis": float(distill_weight)}
         settings = {**given, "seed": seed, **overrides}
         args, expected = _new_run_args(model, data_yaml, epochs, out_dir, exist_ok, settings, teacher)
-    return _run(args, expected, out_dir / RUN_NAME, callbacks or {}, progress_label)
+    return _run(args, expected, out_dir / RUN_NAME, callbacks or {}, progress_label, table)
+
+
+def _class_weight_table(class_weights, model, resume: bool, device: str | None) -> torch.Tensor | None:
+    """One weight per class of ``model``'s head, in its class order, or None when none are given."""
+    from detprune.criteria.class_weights import check_class_weights
+
+    weights = check_class_weights(class_weights)
+    if not weights:
+        return None
+    if resume:
+        raise BadInputError("class weights are not stored with a run: give them to a new run, not to --resume")
+    if device is not None and "," in device:
+        raise BadInputError("class weights reach one process only: fine-tune on one device (not DDP)")
+    names = getattr(_detection_model(model), "names", None) or {}
+    names = [str(n) for n in (names.values() if isinstance(names, dict) else names)]
+    check_class_weights(weights, names)  # a class the model does not have: one line
+    return torch.tensor([float(weights.get(name, 1.0)) for name in names])
 
 
 def _check_distillation(teacher, distill_weight, resume: bool, overrides: dict) -> None:
@@ -314,7 +338,8 @@ def _epoch_bar(trainer, label: str = "fine-tune epochs"):
     return bar
 
 
-def _run(args: dict, expected: dict, run_dir: Path, callbacks: dict[str, Callable], label: str = "fine-tune epochs") -> FinetuneResult:
+def _run(args: dict, expected: dict, run_dir: Path, callbacks: dict[str, Callable], label: str = "fine-tune epochs",
+         class_weights: torch.Tensor | None = None) -> FinetuneResult:
     from detprune.adapters.yolo import read_checkpoint
     from detprune.train.pruned_trainer import PrunedDetectionTrainer
 
@@ -329,6 +354,7 @@ def _run(args: dict, expected: dict, run_dir: Path, callbacks: dict[str, Callabl
         torch.set_num_threads(threads)
     if trainer.save_dir != run_dir:
         raise DetpruneError(f"the trainer chose {trainer.save_dir} instead of {run_dir}")
+    trainer.class_weight_table = class_weights
     for event, function in callbacks.items():
         trainer.add_callback(event, function)
     bar = _epoch_bar(trainer, label)
@@ -359,6 +385,7 @@ def _run(args: dict, expected: dict, run_dir: Path, callbacks: dict[str, Callabl
         "parameters": parameter_count(model),
         "metrics": metrics,
         "distillation": _distillation_summary(trainer.args),
+        **({"class_weights": class_weights.tolist()} if class_weights is not None else {}),
     }
     write_text(run_dir.parent / "finetune.json", json.dumps(summary, indent=2) + "\n")
     return result
