@@ -87,6 +87,27 @@ def test_onnxruntime_side_by_side_times_every_graph_in_each_round(tmp_path):
     assert stats["tiny"].median_ms < stats["big"].median_ms  # one small conv against a small network
 
 
+def test_timed_sessions_do_not_spin_and_rounds_rotate(tmp_path, monkeypatch):
+    """Every session detprune times (whole graphs, the latency table's layers) has ONNX Runtime's
+    thread spinning off, whose idle threads would take the cores of the session timed next; and
+    each round of a side-by-side timing starts one graph further on."""
+    from detprune.export import onnx as onnx_module
+    from detprune.pruning.latency_measure import _ort_session
+
+    path = export_onnx(small_detector(), torch.rand(1, 3, 64, 64), tmp_path / "net.onnx").path
+    for session in (onnx_module.OnnxModel(path, threads=2).session, _ort_session(str(path), 2)):
+        options = session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        assert options.intra_op_num_threads == 2 and options.inter_op_num_threads == 1
+
+    paths = {name: export_onnx(small_detector(), torch.rand(1, 3, 64, 64), tmp_path / f"{name}.onnx").path for name in "abc"}
+    order: list[str] = []
+    real_call = onnx_module.OnnxModel.__call__
+    monkeypatch.setattr(onnx_module.OnnxModel, "__call__", lambda self, array: (order.append(self.path.stem), real_call(self, array))[1])
+    onnxruntime_side_by_side(paths, (1, 3, 64, 64), warmup=0, runs=3, threads=1)
+    assert order == list("abc" "bca" "cab")
+
+
 def test_onnxruntime_backend_exports_a_module_itself():
     stats = measure_latency("onnxruntime", small_detector(), (2, 3, 32, 32), warmup=1, runs=3)
     assert stats.runs == 3 and stats.input_shape == [2, 3, 32, 32] and stats.threads >= 1

@@ -137,12 +137,10 @@ def roi_align_graph(feature_shape: Sequence[int], channels: int, rois: int, outp
 def _ort_session(graph: bytes | str | Path, threads: int):
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = int(threads)
-    options.inter_op_num_threads = 1
+    from detprune.export.onnx import session_options
+
     source = graph if isinstance(graph, bytes) else str(graph)
-    return ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(source, sess_options=session_options(threads), providers=["CPUExecutionProvider"])
 
 
 def time_interleaved(runners: Sequence[Callable[[], object]], warmup: int, runs: int) -> list[float]:

@@ -43,7 +43,7 @@ from detprune.errors import BadInputError
 from detprune.pruning.flops import ROOT_TYPES_PRICED, _is_depthwise
 from detprune.pruning.knapsack import GroupCost
 
-TABLE_VERSION = 1
+TABLE_VERSION = 2  # 2: timed without ONNX Runtime's thread spinning (detprune.export.onnx.session_options)
 DEFAULT_POINTS = 4  # grid widths per axis a group can move
 CACHE_ENV = "DETPRUNE_LATENCY_CACHE"
 RIDER_SUFFIX = "+roi_align"  # a table entry timed beside the layer it feeds (not a conv / linear call)
