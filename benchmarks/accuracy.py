@@ -32,6 +32,7 @@ Outputs in ``--out``: ``results.json``, ``results.md``, ``accuracy_vs_flops.png`
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -274,9 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         first = cells[0]
         for repeat in args.repeat:
             seed = int(repeat[4:]) if repeat.startswith("seed") else first.seed
-            again = Cell(first.target, first.criterion, first.allocation, first.distill, seed,
-                         replica="rerun" if repeat == "rerun" else "", class_weights=first.class_weights,
-                         finetune_weights=first.finetune_weights)
+            again = dataclasses.replace(first, seed=seed, replica="rerun" if repeat == "rerun" else "")
             found, skipped = run_cells([again], [0], runner, log, f"repeat {repeat}")
             repeats += found
             missing += skipped

@@ -8,14 +8,15 @@ from pathlib import Path
 from accuracy_cells import allocation_label
 
 METRICS = ("mAP50", "mAP50-95", "AP_small", "AP Car", "AP Pedestrian", "AP Cyclist", "KITTI moderate", "KITTI hard")
-GROUP = ("kind", "target", "criterion", "allocation", "distill", "seed", "replica", "class_weights", "finetune_weights")
+# the settings a row groups its folds by, with the value a cell without that setting has
+GROUP_DEFAULTS = {"target": 1.0, "criterion": "-", "allocation": "-", "distill": False, "seed": 0, "replica": "",
+                  "class_weights": "", "finetune_weights": ""}
+GROUP = ("kind", *GROUP_DEFAULTS)
 
 
 def _group(cell: dict) -> tuple:
     s = cell["settings"]
-    return (cell["kind"], s.get("target", 1.0), s.get("criterion", "-"), s.get("allocation", "-"),
-            s.get("distill", False), s.get("seed", 0), s.get("replica", ""), s.get("class_weights", ""),
-            s.get("finetune_weights", ""))
+    return (cell["kind"], *(s.get(key, default) for key, default in GROUP_DEFAULTS.items()))
 
 
 def _stat(values: list[float]) -> dict | None:

@@ -20,7 +20,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -121,15 +121,31 @@ def _onnxruntime(model_or_path, shape, warmup, runs, threads) -> LatencyStats:
         return onnxruntime_side_by_side({"model": path}, shape, warmup, runs, threads=threads)["model"]
 
 
+def interleaved_samples(runners: Sequence[Callable[[], object]], warmup: int, runs: int) -> list[list[float]]:
+    """Per runner, the ms of each of ``runs`` rounds, every round running each runner once.
+
+    Each round starts one runner further on, so no runner always follows the same one.
+    """
+    for _ in range(warmup):
+        for runner in runners:
+            runner()
+    samples: list[list[float]] = [[] for _ in runners]
+    for round_ in range(runs):
+        first = round_ % len(runners) if runners else 0
+        for k in [*range(first, len(runners)), *range(first)]:
+            start = time.perf_counter()
+            runners[k]()
+            samples[k].append((time.perf_counter() - start) * 1000.0)
+    return samples
+
+
 def onnxruntime_side_by_side(paths: Mapping[str, str | Path], input_shape: Sequence[int], warmup: int = 10,
                              runs: int = 100, *, threads: int | None = None) -> dict[str, LatencyStats]:
     """Time several ONNX graphs on ONNX Runtime in turn: each round runs every graph once.
 
     Interleaving makes the background load of a shared machine (or a CPU that heats up and
     slows down) fall on all the models alike, so their ratios stay meaningful where timing
-    them one after another would compare different moments. Each round starts one model
-    further on: in a fixed order the model timed first in every round measured up to 25%
-    slower than an identical copy timed second (ONNX Runtime, 2 threads, 2 cores).
+    them one after another would compare different moments (:func:`interleaved_samples`).
     """
     from detprune.export.onnx import OnnxModel, graph_precision, load_onnx
 
@@ -143,17 +159,8 @@ def onnxruntime_side_by_side(paths: Mapping[str, str | Path], input_shape: Seque
         if isinstance(fixed, int) and fixed != shape[0]:
             raise BadInputError(f"{path}: the graph has a fixed batch of {fixed}, asked for {shape[0]}")
     array = np.random.default_rng(0).random(shape, dtype=np.float32)
-    names = list(runners)
-    for _ in range(warmup):
-        for runner in runners.values():
-            runner(array)
-    samples: dict[str, list[float]] = {name: [] for name in runners}
-    for round_ in range(runs):
-        first = round_ % len(names)
-        for name in names[first:] + names[:first]:
-            start = time.perf_counter()
-            runners[name](array)
-            samples[name].append((time.perf_counter() - start) * 1000.0)
+    timed = interleaved_samples([lambda r=runner: r(array) for runner in runners.values()], warmup, runs)
+    samples = dict(zip(runners, timed))
     extra = {"interleaved_with": sorted(runners)} if len(runners) > 1 else {}
     return {
         name: LatencyStats.from_samples(samples[name], backend="onnxruntime", device=cpu_name(), input_shape=shape,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -144,17 +143,10 @@ def _ort_session(graph: bytes | str | Path, threads: int):
 
 
 def time_interleaved(runners: Sequence[Callable[[], object]], warmup: int, runs: int) -> list[float]:
-    """Median ms of each runner, every round running each once."""
-    for _ in range(warmup):
-        for r in runners:
-            r()
-    samples = [[] for _ in runners]
-    for _ in range(runs):
-        for k, r in enumerate(runners):
-            start = time.perf_counter()
-            r()
-            samples[k].append((time.perf_counter() - start) * 1000.0)
-    return [float(np.median(s)) for s in samples]
+    """Median ms of each runner, every round running each once (:func:`interleaved_samples`)."""
+    from detprune.export.latency import interleaved_samples
+
+    return [float(np.median(s)) for s in interleaved_samples(runners, warmup, runs)]
 
 
 def _ort_runner(graph, threads: int, shape: Sequence[int]):
