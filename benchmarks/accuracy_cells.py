@@ -206,7 +206,7 @@ class Runner:
         return {"model": a.model, "weights": str(a.weights), "data": str(Path(a.data).resolve()), "folds": a.folds,
                 "fold_seed": a.fold_seed, "fold": fold, "epochs": a.baseline_epochs, "hw": list(self.hw),
                 "threads": a.threads, "ultralytics": ultralytics.__version__, "torch": torch.__version__,
-                **self.train_options(a.seed)}
+                **self.train_options(a.seed), "init_seed": a.seed}  # the new head's initialisation
 
     def baseline_dir(self, fold: int) -> Path:
         return self.out / "cache" / f"baseline-{self.key(self.baseline_settings(fold))}"
@@ -227,7 +227,7 @@ class Runner:
             self.log(f"baseline fold {fold}: training {a.baseline_epochs} epochs on {len(train)} frames at "
                      f"{self.hw[1]}x{self.hw[0]}")
             tick = time.perf_counter()
-            model = self.adapter.load(a.model, weights=a.weights, class_names=self.dataset.class_names)
+            model = self.adapter.load(a.model, weights=a.weights, class_names=self.dataset.class_names, init_seed=a.seed)
             model, run_dir = self.train(model, fold, a.baseline_epochs, folder, a.seed, every_epoch=True)
             info = {"settings": self.baseline_settings(fold), "curve": read_curve(run_dir / "results.csv"),
                     "seconds": time.perf_counter() - tick}

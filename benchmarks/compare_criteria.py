@@ -108,7 +108,7 @@ def baseline(args: argparse.Namespace, adapter: YoloAdapter, train, val, log) ->
     """The trained, pruning-ready baseline, from the cache when its settings match."""
     settings = {"model": args.model, "weights": str(args.weights), "data": str(Path(args.data).resolve()),
                 "val_count": args.val_count, "split_seed": args.split_seed, "epochs": args.baseline_epochs,
-                **train_options(args, args.split_seed)}
+                **train_options(args, args.split_seed), "init_seed": args.split_seed}
     folder = Path(args.out) / "cache" / f"baseline-{settings_key(settings)}"
     checkpoint = folder / "baseline.pt"
     if checkpoint.is_file():
@@ -116,7 +116,7 @@ def baseline(args: argparse.Namespace, adapter: YoloAdapter, train, val, log) ->
         return adapter.prepare_for_pruning(adapter.load_checkpoint(checkpoint)), str(checkpoint)
     log(f"baseline: {args.model} + {Path(args.weights).name}, training {args.baseline_epochs} epochs at {args.imgsz} px")
     tick = time.perf_counter()
-    model = adapter.load(args.model, weights=args.weights, class_names=train.class_names)
+    model = adapter.load(args.model, weights=args.weights, class_names=train.class_names, init_seed=args.split_seed)
     model = finetune_variant(adapter, model, train, val, epochs=args.baseline_epochs, out_dir=folder,
                              **train_options(args, args.split_seed))
     model = adapter.prepare_for_pruning(model)

@@ -23,6 +23,7 @@ from detprune.adapters.base import DetectorAdapter
 from detprune.data.types import DetectionSet
 from detprune.defaults import DEFAULT_IMGSZ
 from detprune.errors import UnsupportedError
+from detprune.utils.seeding import INIT_SEED
 
 
 def _adapter_for(model: nn.Module, adapter: DetectorAdapter | None) -> DetectorAdapter:
@@ -49,10 +50,13 @@ def _dataset(data: str | Path | DetectionSet, class_map=None) -> DetectionSet:
 
 
 def load(spec: str | Path, *, weights: str | Path | None = None, class_names: Sequence[str] | None = None,
-         prepare: bool = True) -> nn.Module:
-    """A detector from a checkpoint, yaml or architecture name, prepared for pruning by default."""
+         prepare: bool = True, init_seed: int = INIT_SEED) -> nn.Module:
+    """A detector from a checkpoint, yaml or architecture name, prepared for pruning by default.
+
+    Fresh weights (a yaml's layers, a class head for new classes) are drawn under ``init_seed``.
+    """
     adapter = get_adapter(spec)
-    model = adapter.load(spec, weights=weights, class_names=class_names)
+    model = adapter.load(spec, weights=weights, class_names=class_names, init_seed=init_seed)
     return adapter.prepare_for_pruning(model) if prepare else model
 
 

@@ -39,8 +39,7 @@ def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
 
 
 def small_model(arch: str = SMALL, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    model = RcnnAdapter().load(arch, class_names=CLASSES)
+    model = RcnnAdapter().load(arch, class_names=CLASSES, init_seed=seed)
     return shrink_for_cpu(model).eval()
 
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from detprune.data.batch import Batch
 from detprune.data.types import DetectionSet, Detections
+from detprune.utils.seeding import INIT_SEED
 
 from detprune.defaults import EVAL_CONF, EVAL_MAX_DET, EVAL_MULTI_LABEL  # noqa: F401  (re-exported)
 
@@ -34,8 +35,13 @@ class DetectorAdapter(ABC):
         """Whether ``spec`` (a weights file, an architecture name or yaml) is this family's."""
 
     @abstractmethod
-    def load(self, spec: str | Path, *, weights: str | Path | None = None, class_names: Sequence[str] | None = None) -> nn.Module:
-        """Build or read the model; ``class_names`` re-heads it for a dataset's classes."""
+    def load(self, spec: str | Path, *, weights: str | Path | None = None, class_names: Sequence[str] | None = None,
+             init_seed: int = INIT_SEED) -> nn.Module:
+        """Build or read the model; ``class_names`` re-heads it for a dataset's classes.
+
+        Fresh weights (a yaml's layers, a new class head) are drawn under ``init_seed``
+        (:func:`detprune.utils.seeding.seeded_init`), so one command builds one model in every run.
+        """
 
     @abstractmethod
     def class_names(self, model: nn.Module) -> list[str]:

@@ -30,6 +30,7 @@ from detprune.data.types import Detections
 from detprune.defaults import EVAL_CONF, EVAL_MAX_DET, EVAL_MULTI_LABEL
 from detprune.errors import BadInputError, UnsupportedError
 from detprune.utils.checkpoints import current_policy
+from detprune.utils.seeding import INIT_SEED, seeded_init
 
 LOGGER = logging.getLogger(__name__)
 
@@ -60,7 +61,8 @@ class RcnnAdapter(DetectorAdapter):
         return ckpt.architecture_of_file(path) is not None or "rcnn" in path.name.lower()  # load() says it is missing
 
     def load(
-        self, spec: str | Path, *, weights: str | Path | None = None, class_names: Sequence[str] | None = None
+        self, spec: str | Path, *, weights: str | Path | None = None, class_names: Sequence[str] | None = None,
+        init_seed: int = INIT_SEED,
     ) -> nn.Module:
         """An architecture name (with an optional state-dict file), a weights file named after its
         architecture, or a detprune checkpoint. ``class_names`` re-heads the box predictor."""
@@ -74,7 +76,8 @@ class RcnnAdapter(DetectorAdapter):
                 raise BadInputError(f"{spec}: a detprune checkpoint carries its own weights; drop weights={weights}")
             model = self.load_checkpoint(path)
             if class_names is not None and list(class_names) != self.class_names(model):
-                rehead(model, class_names)
+                with seeded_init(init_seed):
+                    rehead(model, class_names)
             return model
         arch = ckpt.architecture_of_name(path.name) if not path.suffix else ckpt.architecture_of_file(path)
         if arch is None:
@@ -91,7 +94,8 @@ class RcnnAdapter(DetectorAdapter):
         state = ckpt.read_state_dict(weights) if weights is not None else None
         in_file = ckpt.num_classes_in(state) if state is not None else None
         num_classes = len(class_names) + 1 if class_names is not None else (in_file or 91)
-        model = ckpt.build(arch, num_classes, pretrained_layout=state is not None)
+        with seeded_init(init_seed):
+            model = ckpt.build(arch, num_classes, pretrained_layout=state is not None)
         if state is not None:
             rehead_needed = in_file is not None and in_file != num_classes
             if rehead_needed:

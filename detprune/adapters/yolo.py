@@ -27,6 +27,7 @@ from detprune.data.batch import Batch, as_hw
 from detprune.data.types import Detections
 from detprune.defaults import EVAL_CONF, EVAL_MAX_DET, EVAL_MULTI_LABEL, YOLO_NMS_IOU
 from detprune.errors import BadInputError, UnsupportedError
+from detprune.utils.seeding import INIT_SEED, seeded_init
 
 LOGGER = logging.getLogger(__name__)
 
@@ -77,14 +78,17 @@ class YoloAdapter(DetectorAdapter):
         *,
         weights: str | Path | None = None,
         class_names: Sequence[str] | None = None,
+        init_seed: int = INIT_SEED,
     ) -> nn.Module:
         path = Path(spec)
         if path.suffix.lower() == ".pt":
             model = self._read_pt(path)
             if class_names is not None:
-                objective.rehead(model, list(class_names))
+                with seeded_init(init_seed):
+                    objective.rehead(model, list(class_names))
         else:
-            model = self._build_yaml(spec, class_names)
+            with seeded_init(init_seed):
+                model = self._build_yaml(spec, class_names)
         if weights is not None:
             load_state_dict_file(model, weights)
         return model

@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=None, help="dataloader workers per process")
     parser.add_argument("--lr0", type=float, default=None, help="initial learning rate (selects SGD unless --trainer-arg optimizer=...)")
     parser.add_argument("--patience", type=int, default=None, help="stop after this many epochs without improvement (default 100)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the fresh layers' initialisation and of training")
     parser.add_argument("--trainer-arg", dest="trainer_args", action="append", default=None, metavar="KEY=VALUE",
                         help="any other ultralytics trainer argument, e.g. mosaic=0.5 (repeatable)")
     parser.add_argument("--class-map", default=None, help="class map for a KITTI or COCO --data (default kitti3 / coco-traffic)")
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     data_yaml = _dataset_yaml(args.data, out, args.class_map, args.val_list)
     names = _class_names(data_yaml)
-    model = adapter.load(args.model, weights=args.weights, class_names=names)
+    model = adapter.load(args.model, weights=args.weights, class_names=names, init_seed=args.seed)
     print(f"training {args.model} for {len(names)} classes: {', '.join(names)}")
     result = finetune_yolo(
         model, data_yaml, epochs=args.epochs, out_dir=out, imgsz=args.imgsz, batch=args.batch, device=args.device,
