@@ -268,6 +268,10 @@ class Runner:
             settings["car"] = {**CAR_OPTIONS, "images": self.args.car_images}
         if joint_subsets(cell):
             settings["subsets"] = name
+        if split_allocation(cell.allocation)[0] == "latency":  # a rebuilt table version prices the cut anew
+            from detprune.pruning.latency_table import TABLE_VERSION
+
+            settings["latency_table"] = TABLE_VERSION
         for option in KEYED_OPTIONS.get(name, ()):  # the resolved value, so a changed default is not read from cache
             value = get_criterion(name, **criterion_options(cell.criterion, cell.seed)).options()[option]
             settings[f"{name}_{option}"] = str(value)

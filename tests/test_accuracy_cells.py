@@ -106,6 +106,23 @@ def test_a_changed_default_enters_the_cache_key_resolved():
     assert "catro_ridge" not in runner.cell_settings(Cell(0.5, "l1", "global", False, 0), 0)
 
 
+def test_a_latency_cell_is_keyed_by_the_table_version(monkeypatch):
+    """A rebuilt latency table (a new TABLE_VERSION) prices the cut anew: its cells are not read back."""
+    from types import SimpleNamespace
+
+    import detprune.pruning.latency_table as table
+    from accuracy_cells import Runner
+
+    runner = Runner(SimpleNamespace(car_images=8, out="unused"), None, None, None, (224, 640), None, print)
+    runner._settings = lambda fold: {"fold": fold}
+    runner.train_options = lambda seed: {"seed": seed}
+    cell = Cell(0.62, "taylor", "latency", False, 0)
+    now = runner.cell_settings(cell, 0)
+    monkeypatch.setattr(table, "TABLE_VERSION", table.TABLE_VERSION + 1)
+    assert runner.cell_settings(cell, 0) != now
+    assert "latency_table" not in runner.cell_settings(Cell(0.5, "taylor", "cost", False, 0), 0)
+
+
 def test_catro_ridge_reads_the_scatter_a_subset_keeps():
     import numpy as np
     from catro_ridge import scatter_kept
