@@ -76,7 +76,7 @@ def test_eval_takes_a_fixed_rect_canvas_and_it_is_what_the_api_measures(syntheti
     code, out, err = _eval(capsys, "--model", checkpoint, "--data", synthetic_kitti, "--imgsz", "64,96",
                            "--json", tmp_path / "m.json", "--device", "cpu", "--conf", "0.0001")
     assert code == 0, err
-    assert "64x96 px" in out
+    assert "64x96 px letterbox into a fixed 64x96 canvas" in out
     (summary,) = Report.load(tmp_path / "m.json").variants.values()
     assert summary.info["imgsz"] == [64, 96]
     adapter = YoloAdapter()

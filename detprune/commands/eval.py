@@ -14,10 +14,11 @@ Post-processing defaults, and why:
   per-class NMS IoU (0.5 as torchvision builds it). Its region proposal NMS is not changed.
 - single-label NMS (one detection a box, its best class); ``--multi-label`` is ultralytics'
   val's (one a class above ``--conf``). Faster R-CNN's box head is per-class either way.
-- ``--letterbox square``: every image padded into ``imgsz x imgsz`` (what FLOPs and latency
-  are measured at); ``rect`` is ultralytics' val rect (a 1242x375 KITTI frame at 640 becomes
-  672x224: the long side to 640, the canvas the aspect ratio plus half a stride, in strides).
-  Parameters and FLOPs in the table are counted at the square ``imgsz`` either way.
+- ``--letterbox square``: every image padded into the fixed ``imgsz`` canvas, ``imgsz x imgsz``
+  or ``H x W`` with ``--imgsz H,W`` (what FLOPs and latency are measured at); ``rect`` is
+  ultralytics' val rect (a 1242x375 KITTI frame at 640 becomes 672x224: the long side to 640,
+  the canvas the aspect ratio plus half a stride, in strides). Parameters and FLOPs in the
+  table are counted at the fixed ``imgsz`` canvas either way.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                        help="YOLO: a box above --conf in several classes gives one detection per class, as "
                             "ultralytics' val NMS (default: one, its best class); Faster R-CNN's box head already does")
     group.add_argument("--letterbox", choices=LETTERBOX_MODES, default="square",
-                       help="square: pad into imgsz x imgsz (default); rect: ultralytics' val rect batches "
+                       help="square: pad into the fixed imgsz canvas, imgsz x imgsz or H x W (default); rect: ultralytics' val rect batches "
                             "(long side to imgsz, short side as the aspect ratio needs, in strides)")
     group.add_argument("--kitti-protocol", default=None,
                        help="KITTI AP: devkit (the official devkit's numbers, default) or exact")
@@ -128,8 +129,10 @@ def run(args: argparse.Namespace) -> int:
                            info={"model": str(args.model), "imgsz": list(as_hw(args.imgsz)), **settings})
     report = Report({Path(str(args.model)).name: summary}, run_info={"model": str(args.model), "data": str(args.data), **settings})
     iou = settings["nms_iou"] if settings["nms_iou"] is not None else "the model's own"
+    h, w = as_hw(args.imgsz)
+    canvas = "rect letterbox" if settings["letterbox"] == "rect" else f"letterbox into a fixed {h}x{w} canvas"
     print(f"{len(dataset)} images of {args.data} ({args.split}{', --val-list ' + str(args.val_list) if args.val_list else ''}), "
-          f"{metrics['num_objects']} objects; {'x'.join(map(str, as_hw(args.imgsz)))} px {settings['letterbox']} letterbox, conf {settings['conf']}, "
+          f"{metrics['num_objects']} objects; {h}x{w} px {canvas}, conf {settings['conf']}, "
           f"{'multi-label ' if settings['multi_label'] else ''}NMS IoU {iou}, max {settings['max_det']} detections")
     print(report.to_table())
     details = report.to_detail_tables()
