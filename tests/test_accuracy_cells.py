@@ -139,3 +139,16 @@ def test_latency_table_fit_leave_one_out_is_zero_on_exact_data_and_not_otherwise
     x = np.array([[1.0, 1.0], [2.0, 1.0], [3.0, 1.0], [5.0, 1.0]])
     assert leave_one_out(x, 2 * x[:, 0] + 1).max() == pytest.approx(0.0, abs=1e-12)
     assert leave_one_out(x, np.array([3.0, 5.0, 9.0, 11.0])).max() > 0.05
+
+
+def test_equal_latency_refuses_an_unfinished_cell_in_one_line(tmp_path):
+    from equal_latency import fine_tuned, parse_args
+
+    (tmp_path / "finetune" / "train" / "weights").mkdir(parents=True)
+    (tmp_path / "finetune" / "train" / "weights" / "last.pt").write_bytes(b"")
+    with pytest.raises(DetpruneError, match="no finished cell"):  # the checkpoint without its result.json
+        fine_tuned(tmp_path)
+    (tmp_path / "result.json").write_text("{}")
+    assert fine_tuned(tmp_path).name == "last.pt"
+    with pytest.raises(SystemExit):
+        parse_args(["--cells", "flops0.5/x", "--sessions", "0"])
