@@ -9,9 +9,11 @@ For each model and latency target T, two cuts of the same L1-magnitude scores:
 
 A target the limits cannot reach (min channels, max ratio) is a row saying so, not an abort.
 
-Then the original and every cut of the model are timed interleaved in ONE session on ONNX
-Runtime (one thread by default) and the achieved latency fraction printed for each, with the
-table's predicted fraction and its error on random cuts. Results go to ``--out`` (JSON,
+Then the original and every cut of the model are timed interleaved on ONNX Runtime (one thread
+by default), in ``--final-sessions`` separate sessions, and the achieved latency fraction
+printed for each: the median over the sessions, with their range (one session's ratio of a
+slow model moves by several percent from the next one's), beside the table's predicted fraction
+and its error on random cuts. Results go to ``--out`` (JSON,
 written after every model; a rerun skips the models already there).
 
     python benchmarks/latency_allocation.py --model yolov8n.yaml --imgsz 640 --targets 0.7 0.5 0.3
@@ -30,6 +32,8 @@ from pathlib import Path
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_VERBOSE", "False")
 os.environ.setdefault("DETPRUNE_QUIET", "1")
+
+import numpy as np  # noqa: E402
 
 from detprune.commands.export import parse_imgsz  # noqa: E402
 from detprune.errors import DetpruneError  # noqa: E402
@@ -73,15 +77,17 @@ def run_model(spec: str, args) -> dict:
     table = latency_table(adapter, model, backend="onnxruntime", imgsz=args.imgsz, threads=args.threads,
                           check_cuts=args.check_cuts, runs=args.table_runs, cache=args.cache)
     cuts, unreached = cuts_for(adapter, model, scores, table, args.targets, args)
-    measured = time_models(adapter, {"original": model, **{k: r.model for k, (r, _) in cuts.items()}}, args.imgsz,
-                           "onnxruntime", args.threads, 3, args.final_runs)
-    original = measured.pop("original")
+    models = {"original": model, **{k: r.model for k, (r, _) in cuts.items()}}
+    sessions = [time_models(adapter, models, args.imgsz, "onnxruntime", args.threads, 3, args.final_runs)
+                for _ in range(args.final_sessions)]
+    original = float(np.median([s["original"] for s in sessions]))
     rows = []
     for label, (result, record) in cuts.items():
         kind, target = label.split()
-        rows.append({"cut": kind, "target": float(target), "achieved": measured[label] / original,
+        ratios = [s[label] / s["original"] for s in sessions]
+        rows.append({"cut": kind, "target": float(target), "achieved": float(np.median(ratios)), "sessions": ratios,
                      "predicted": result.achieved.get("latency"), "flops_kept": result.achieved["flops"],
-                     "ms": measured[label], **record})
+                     "ms": float(np.median([s[label] for s in sessions])), **record})
     check = {k: v for k, v in table.check.items() if k != "rows"}
     rows += [{"cut": label.split()[0], "target": float(label.split()[1]), "achieved": None, "predicted": None,
               "flops_kept": None, "note": note} for label, note in unreached.items()]
@@ -94,13 +100,16 @@ def print_model(entry: dict) -> None:
     print(f"\n{entry['model']} at {entry['imgsz']} px, ONNX Runtime CPU, {entry['threads']} thread(s): "
           f"original {entry['original_ms']:.1f} ms; table off by {check.get('mean_error') or float('nan'):.1%} mean, "
           f"{check.get('max_error') or float('nan'):.1%} max on {check.get('cuts', 0)} random cuts")
-    print(f"{'target':>6}  {'cut':<8} {'achieved':>8} {'predicted':>9} {'FLOPs kept':>10}")
+    print(f"{'target':>6}  {'cut':<8} {'achieved':>8} {'sessions':>13} {'predicted':>9} {'FLOPs kept':>10}")
     for row in sorted(entry["rows"], key=lambda r: (-r["target"], r["cut"])):
         if row["achieved"] is None:
             print(f"{row['target']:>6.2f}  {row['cut']:<8} not reached: {row['note']}")
             continue
         predicted = f"{row['predicted']:.3f}" if row["predicted"] is not None else "-"
-        print(f"{row['target']:>6.2f}  {row['cut']:<8} {row['achieved']:>8.3f} {predicted:>9} {row['flops_kept']:>10.1%}")
+        spread = row.get("sessions") or [row["achieved"]]  # entries written before sessions were recorded: one
+        sessions = f"{min(spread):.3f}-{max(spread):.3f}"
+        print(f"{row['target']:>6.2f}  {row['cut']:<8} {row['achieved']:>8.3f} {sessions:>13} {predicted:>9} "
+              f"{row['flops_kept']:>10.1%}")
 
 
 def main(argv=None) -> int:
@@ -110,13 +119,17 @@ def main(argv=None) -> int:
     parser.add_argument("--targets", type=float, nargs="+", default=[0.7, 0.5, 0.3])
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
     parser.add_argument("--runs", type=int, default=10, help="timed rounds when a latency cut is verified")
-    parser.add_argument("--final-runs", type=int, default=20, help="timed rounds of the final interleaved session")
+    parser.add_argument("--final-runs", type=int, default=20, help="timed rounds of each final interleaved session")
+    parser.add_argument("--final-sessions", type=int, default=3,
+                        help="final interleaved sessions (the achieved fraction is their median)")
     parser.add_argument("--table-runs", type=int, default=10, help="timed rounds per layer grid point")
     parser.add_argument("--check-cuts", type=int, default=10, help="random cuts a new table is checked on")
     parser.add_argument("--flops-search", action="store_true", help="bisect the FLOPs fraction by timing (slow)")
     parser.add_argument("--cache", default=None, help="latency table cache folder")
     parser.add_argument("--out", default="runs/latency_allocation.json")
     args = parser.parse_args(argv)
+    if args.final_sessions < 1 or args.final_runs < 1:
+        parser.error("--final-sessions and --final-runs must be at least 1")
     try:
         args.imgsz = parse_imgsz(args.imgsz)
         out = Path(args.out)
