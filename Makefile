@@ -23,7 +23,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/detprune demo --out runs/demo --exist-ok
 
+# the design's layers (import-linter contracts in pyproject.toml) and ruff, then the suite
 test: $(STAMP)
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/ruff check --no-cache detprune tests benchmarks tools
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 clean:

@@ -84,10 +84,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--target", type=float, default=0.5, help="FLOPs kept by the grid of configurations")
     p.add_argument("--criteria", default="saliency,taylor,l1",
                    help="criteria, each NAME or NAME:KEY=VALUE[:KEY=VALUE] with its options, e.g. catro:ridge=0")
-    p.add_argument("--allocations", default="global,cost",
-                   help="how the cut is spread over layers: global, uniform, cost (FLOPs), latency (knapsack on a measured "
-                        "ONNX Runtime latency table; --target is then the predicted latency kept), or widths:CRITERION-ALLOCATION "
-                        "(the widths another criterion gets under that allocation, e.g. widths:saliency-global)")
+    p.add_argument(
+        "--allocations",
+        default="global,cost",
+        help="how the cut is spread over layers: global, uniform, cost (FLOPs), latency (knapsack on a measured "
+        "ONNX Runtime latency table; --target is then the predicted latency kept), or widths:CRITERION-ALLOCATION "
+        "(the widths another criterion gets under that allocation, e.g. widths:saliency-global)",
+    )
     p.add_argument("--class-weights", default=None, metavar="CLASS=W,...",
                    help="class priorities of the scoring criteria, e.g. Pedestrian=3,Cyclist=3 (default: none)")
     p.add_argument("--finetune-class-weights", default=None, metavar="CLASS=W,...",
@@ -101,19 +104,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="repeats of the first configuration on fold 0: 'rerun' (same seed, from scratch), 'seedN'")
     p.add_argument("--round-to", type=int, default=8)
     p.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime threads")
-    p.add_argument("--latency-runs", type=int, default=30, help="interleaved ONNX Runtime runs per model pair (0 = none)")
+    p.add_argument(
+        "--latency-runs", type=int, default=30, help="interleaved ONNX Runtime runs per model pair (0 = none)"
+    )
     p.add_argument("--stop-at", default=None,
                    help="UTC time HH:MM after which no new cell starts; the rest are listed as not run")
     p.add_argument("--reevaluate", action="store_true",
                    help="score every finished cell's saved model again with the installed evaluation code")
     p.add_argument("--baselines-only", action="store_true", help="train and cache the fold baselines, then stop")
-    p.add_argument("--quick", action="store_true",
-                   help="reduced check: fold 0 only, baseline 10 epochs, fine-tune 3, saliency,l1 global plain, no extras")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="reduced check: fold 0 only, baseline 10 epochs, fine-tune 3, saliency,l1 global plain, no extras",
+    )
     p.add_argument("--out", default="runs/accuracy")
     args = p.parse_args(argv)
     if args.quick:
         args.only_folds, args.baseline_epochs, args.finetune_epochs = "0", 10, 3
-        args.criteria, args.allocations, args.distill, args.extra_targets, args.repeat = "saliency,l1", "global", "off", "", ""
+        args.criteria, args.allocations, args.distill, args.extra_targets, args.repeat = (
+            "saliency,l1",
+            "global",
+            "off",
+            "",
+            "",
+        )
         args.out = args.out if args.out != "runs/accuracy" else "runs/accuracy_quick"
     args.criteria, args.allocations = _list(args.criteria), _list(args.allocations)
     args.distill = [{"off": False, "on": True}.get(x) for x in _list(args.distill)]
@@ -185,7 +199,13 @@ def run_cells(cells: list[Cell], folds: list[int], runner: Runner, log, tag: str
         for fold in folds:
             n += 1
             if runner.past_stop() and not runner.is_cached(cell, fold):
-                missing.append({**cell.describe(), "fold": fold, "reason": f"not started: past --stop-at {runner.args.stop_at} UTC"})
+                missing.append(
+                    {
+                        **cell.describe(),
+                        "fold": fold,
+                        "reason": f"not started: past --stop-at {runner.args.stop_at} UTC",
+                    }
+                )
                 continue
             try:
                 result = runner.cell(cell, fold)
@@ -232,7 +252,9 @@ def cached_fold(accuracy_args: str, fold: int):
     torch.set_num_threads(args.threads)
     dataset = load_dataset(args.data)
     splits = kfold_splits(dataset, args.folds, seed=args.fold_seed)
-    runner = Runner(args, YoloAdapter(), dataset, splits, rect_hw(dataset, args.width), settings_key, lambda message: None)
+    runner = Runner(
+        args, YoloAdapter(), dataset, splits, rect_hw(dataset, args.width), settings_key, lambda message: None
+    )
     if not 0 <= fold < args.folds or not (runner.baseline_dir(fold) / "baseline.pt").is_file():
         raise DetpruneError(f"no cached baseline for fold {fold}: run benchmarks/accuracy.py --baselines-only "
                             f"{accuracy_args} first")
@@ -291,8 +313,18 @@ def main(argv: list[str] | None = None) -> int:
     if best is not None:
         log(f"best at {args.target:g} so far: {best['criterion']} / {best['allocation']} / "
             f"{'distill' if best['distill'] else 'plain'} (mAP50 {best['mAP50']['mean']:.1f})")
-        extra = [Cell(t, best["criterion"], best["allocation"], best["distill"], args.seed,
-                      class_weights=best["class_weights"], finetune_weights=best["finetune_weights"]) for t in args.extra_targets]
+        extra = [
+            Cell(
+                t,
+                best["criterion"],
+                best["allocation"],
+                best["distill"],
+                args.seed,
+                class_weights=best["class_weights"],
+                finetune_weights=best["finetune_weights"],
+            )
+            for t in args.extra_targets
+        ]
         found, skipped = run_cells(extra, folds, runner, log, "extra")
         results += found
         missing += skipped

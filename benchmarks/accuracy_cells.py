@@ -104,7 +104,9 @@ JOINT_SUBSET_CRITERIA = ("catro",)  # choose a group's channels jointly, at a wi
 def joint_subsets(cell: Cell) -> bool:
     """Whether ``cell``'s criterion picks subsets at widths it did not allocate (uniform, or another's)."""
     allocation, widths_from = split_allocation(cell.allocation)
-    return split_criterion(cell.criterion)[0] in JOINT_SUBSET_CRITERIA and (widths_from is not None or allocation == "uniform")
+    return split_criterion(cell.criterion)[0] in JOINT_SUBSET_CRITERIA and (
+        widths_from is not None or allocation == "uniform"
+    )
 
 
 def _accepts(function: Callable, name: str) -> bool:
@@ -182,7 +184,7 @@ class Runner:
         from ultralytics.nn.tasks import load_checkpoint
 
         from detprune.data.convert import write_yolo_dataset
-        from detprune.train.yolo_trainer import finetune_yolo
+        from detprune.adapters.yolo.trainer import finetune_yolo
 
         train, val = self.splits[fold]
         data = write_yolo_dataset(train, val, out_dir / "dataset")
@@ -227,7 +229,9 @@ class Runner:
             self.log(f"baseline fold {fold}: training {a.baseline_epochs} epochs on {len(train)} frames at "
                      f"{self.hw[1]}x{self.hw[0]}")
             tick = time.perf_counter()
-            model = self.adapter.load(a.model, weights=a.weights, class_names=self.dataset.class_names, init_seed=a.seed)
+            model = self.adapter.load(
+                a.model, weights=a.weights, class_names=self.dataset.class_names, init_seed=a.seed
+            )
             model, run_dir = self.train(model, fold, a.baseline_epochs, folder, a.seed, every_epoch=True)
             info = {"settings": self.baseline_settings(fold), "curve": read_curve(run_dir / "results.csv"),
                     "seconds": time.perf_counter() - tick}
@@ -320,8 +324,15 @@ class Runner:
 
     def _settings(self, fold: int, **more) -> dict:
         a = self.args
-        return {"baseline": self.baseline_dir(fold).name, "fold": fold, "epochs": a.finetune_epochs, "hw": list(self.hw),
-                "latency_runs": a.latency_runs, "round_to": a.round_to, **more}
+        return {
+            "baseline": self.baseline_dir(fold).name,
+            "fold": fold,
+            "epochs": a.finetune_epochs,
+            "hw": list(self.hw),
+            "latency_runs": a.latency_runs,
+            "round_to": a.round_to,
+            **more,
+        }
 
     def unpruned(self, fold: int) -> dict:
         folder = self.out / "cells" / "unpruned" / f"fold{fold}"
@@ -344,7 +355,9 @@ class Runner:
         model, _ = self.train(copy.deepcopy(self.baseline(fold)[0]), fold, a.finetune_epochs, folder, a.seed,
                               every_epoch=False)
         result = self._finish(folder, settings, "same_budget", fold, model, {}, tick)
-        self.log(f"same budget fold {fold}: mAP50 {result['metrics']['mAP50']:.1f} in {result['seconds']['total']:.0f} s")
+        self.log(
+            f"same budget fold {fold}: mAP50 {result['metrics']['mAP50']:.1f} in {result['seconds']['total']:.0f} s"
+        )
         return result
 
     def cell(self, cell: Cell, fold: int) -> dict:
@@ -373,8 +386,16 @@ class Runner:
             options.update(allocation="cost", cost="latency", latency_table=self.latency_table(base))
         pruned = prune_model(self.adapter, model, scores, round_to=a.round_to, imgsz=self.hw, **target, **options)
         teacher = copy.deepcopy(base) if cell.distill else None
-        tuned, _ = self.train(pruned.model, fold, a.finetune_epochs, folder, cell.seed, every_epoch=False, teacher=teacher,
-                              class_weights=parse_class_weights(cell.finetune_weights, list(self.dataset.class_names)))
+        tuned, _ = self.train(
+            pruned.model,
+            fold,
+            a.finetune_epochs,
+            folder,
+            cell.seed,
+            every_epoch=False,
+            teacher=teacher,
+            class_weights=parse_class_weights(cell.finetune_weights, list(self.dataset.class_names)),
+        )
         extra = {"seconds": {"score": scored - tick, "train": time.perf_counter() - scored}}
         return self._finish(folder, settings, "pruned", fold, tuned, extra, tick)
 
@@ -386,7 +407,9 @@ class Runner:
         return latency_table(self.adapter, model, backend="onnxruntime", imgsz=self.hw, threads=self.args.threads,
                              round_to=self.args.round_to, cache=self.out / "latency_tables", say=self.log)
 
-    def score(self, model, fold: int, criterion: str, seed: int, class_weights: dict[str, float]) -> tuple[dict, object]:
+    def score(
+        self, model, fold: int, criterion: str, seed: int, class_weights: dict[str, float]
+    ) -> tuple[dict, object]:
         """(channel scores, the criterion that measured them) of ``criterion`` on the fold's
         training frames (CAR: its first ``--car-images``)."""
         from detprune.criteria import get_criterion
@@ -395,7 +418,9 @@ class Runner:
         train = self.splits[fold][0]
         name = split_criterion(criterion)[0]
         if name == "car":
-            train = DetectionSet(list(train.class_names), list(train.samples)[:self.args.car_images], name="car-held-out")
+            train = DetectionSet(
+                list(train.class_names), list(train.samples)[: self.args.car_images], name="car-held-out"
+            )
             plan = get_criterion("car", **criterion_options("car", seed)).planned_channels(self.adapter, model)
             passes = 1 + sum(len(c) for c in plan.values())
             self.log(f"car fold {fold}: {CAR_OPTIONS['metric']} metric, {passes} evaluations ({len(plan)} layers x "
@@ -427,13 +452,17 @@ class Runner:
                 folder = self.cell_dir(cell, fold)
             path = folder / "finetune" / "train" / "weights" / "last.pt"
         model, _ = load_checkpoint(str(path))
-        evaluated = self.adapter.evaluate(model.float(), self.splits[fold][1], imgsz=self.hw, batch_size=self.args.batch,
-                                          progress=False)
+        evaluated = self.adapter.evaluate(
+            model.float(), self.splits[fold][1], imgsz=self.hw, batch_size=self.args.batch, progress=False
+        )
         self.kitti_protocol = (evaluated.get("kitti") or {}).get("protocol", "exact")
         updated = {k: v for k, v in result.items() if k != "cached"}
-        updated.update(metrics=metrics_of(evaluated, list(self.dataset.class_names)), kitti_protocol=self.kitti_protocol,
-                       reevaluated=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                       first_metrics=result.get("first_metrics", result["metrics"]))
+        updated.update(
+            metrics=metrics_of(evaluated, list(self.dataset.class_names)),
+            kitti_protocol=self.kitti_protocol,
+            reevaluated=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            first_metrics=result.get("first_metrics", result["metrics"]),
+        )
         write_text(folder / "result.json", json.dumps(updated, indent=2) + "\n")
         return {**updated, "cached": True}
 
@@ -449,12 +478,17 @@ class Runner:
         """ONNX Runtime CPU medians of this model and the fold's unpruned one, timed in turn (interleaved)."""
         if not self.args.latency_runs:
             return {}
-        from detprune.export.latency import onnxruntime_side_by_side
+        from detprune.runtime.ort import onnxruntime_side_by_side
 
         path = self.export(model, folder / "model.onnx")
         runs = self.args.latency_runs
-        stats = onnxruntime_side_by_side({"unpruned": self.baseline_onnx(fold), "model": path},
-                                         [1, 3, *self.hw], warmup=max(3, runs // 10), runs=runs, threads=self.args.threads)
+        stats = onnxruntime_side_by_side(
+            {"unpruned": self.baseline_onnx(fold), "model": path},
+            [1, 3, *self.hw],
+            warmup=max(3, runs // 10),
+            runs=runs,
+            threads=self.args.threads,
+        )
         path.unlink()
         ms, base_ms = stats["model"].median_ms, stats["unpruned"].median_ms
         return {"median_ms": ms, "unpruned_median_ms": base_ms, "ratio": ms / base_ms, "runs": runs,
@@ -463,7 +497,7 @@ class Runner:
 
 def distill_keyword() -> str | None:
     """The teacher argument of ``finetune_yolo`` once distillation lands there (None before)."""
-    from detprune.train.yolo_trainer import finetune_yolo
+    from detprune.adapters.yolo.trainer import finetune_yolo
 
     for name in ("teacher", "teacher_model", "distill_from"):
         if _accepts(finetune_yolo, name):

@@ -46,8 +46,19 @@ def summarise(cells: list[dict]) -> list[dict]:
                                [c["seconds"]["total"] for c in members])
         rows.append(row)
     order = {"unpruned": 0, "same_budget": 1, "pruned": 2}
-    rows.sort(key=lambda r: (order[r["kind"]], -r["target"], r["criterion"], r["allocation"], r["distill"], r["seed"], r["replica"],
-                             r["class_weights"], r["finetune_weights"]))
+    rows.sort(
+        key=lambda r: (
+            order[r["kind"]],
+            -r["target"],
+            r["criterion"],
+            r["allocation"],
+            r["distill"],
+            r["seed"],
+            r["replica"],
+            r["class_weights"],
+            r["finetune_weights"],
+        )
+    )
     return rows
 
 
@@ -55,7 +66,9 @@ def fmt(cell, digits: int = 1) -> str:
     if cell is None:
         return "-"
     if isinstance(cell, dict):
-        return f"{cell['mean']:.{digits}f} ± {cell['std']:.{digits}f}" if cell["n"] > 1 else f"{cell['mean']:.{digits}f}"
+        return (
+            f"{cell['mean']:.{digits}f} ± {cell['std']:.{digits}f}" if cell["n"] > 1 else f"{cell['mean']:.{digits}f}"
+        )
     return f"{cell:.{digits}f}"
 
 
@@ -73,14 +86,33 @@ def row_name(row: dict) -> str:
 
 def markdown(report: dict, args) -> str:
     protocol = report.get("kitti_protocol") or "exact"
-    head = ["FLOPs target", "configuration", "folds", "FLOPs kept", *METRICS[:6],
-            f"KITTI mod ({protocol})", f"KITTI hard ({protocol})", "params (M)", "GFLOPs", "CPU latency ratio", "cell s"]
+    head = [
+        "FLOPs target",
+        "configuration",
+        "folds",
+        "FLOPs kept",
+        *METRICS[:6],
+        f"KITTI mod ({protocol})",
+        f"KITTI hard ({protocol})",
+        "params (M)",
+        "GFLOPs",
+        "CPU latency ratio",
+        "cell s",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in report["rows"]:
         flops_kept = "100%" if row["kind"] != "pruned" else f"{row['flops_kept']['mean']:.1%}"
-        cells = [f"{row['target']:g}" if row["kind"] == "pruned" else "1.0", row_name(row), str(len(row["folds"])), flops_kept,
-                 *[fmt(row[c]) for c in METRICS], f"{row['params']['mean'] / 1e6:.2f}", f"{row['flops']['mean'] / 1e9:.2f}",
-                 fmt(row["latency_ratio"], 2), f"{row['seconds']['mean']:.0f}" if row["seconds"] else "-"]
+        cells = [
+            f"{row['target']:g}" if row["kind"] == "pruned" else "1.0",
+            row_name(row),
+            str(len(row["folds"])),
+            flops_kept,
+            *[fmt(row[c]) for c in METRICS],
+            f"{row['params']['mean'] / 1e6:.2f}",
+            f"{row['flops']['mean'] / 1e9:.2f}",
+            fmt(row["latency_ratio"], 2),
+            f"{row['seconds']['mean']:.0f}" if row["seconds"] else "-",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     h, w = report["input_hw"]
     folds = report["settings"]["folds"]
@@ -93,16 +125,20 @@ def markdown(report: dict, args) -> str:
                  f"interleaved at batch 1, {args.threads} threads.")
     for item in report.get("not_run", []):
         fold = f" fold {item['fold']}" if "fold" in item else ""
-        lines.append(f"- not run: flops {item['target']:g} {item['criterion']} / {allocation_label(item['allocation'])} / "
-                     f"{'distill' if item['distill'] else 'plain'}, seed {item['seed']}"
-                     f"{' rerun' if item.get('replica') else ''}{fold}: {item['reason']}")
+        lines.append(
+            f"- not run: flops {item['target']:g} {item['criterion']} / {allocation_label(item['allocation'])} / "
+            f"{'distill' if item['distill'] else 'plain'}, seed {item['seed']}"
+            f"{' rerun' if item.get('replica') else ''}{fold}: {item['reason']}"
+        )
     return "\n".join(lines) + "\n"
 
 
 def baseline_table(report: dict) -> str:
     """Per fold: the baseline's held-out scores, the small objects it could find, how flat its curve ended."""
-    lines = ["| fold | val frames | small objects | mAP50 | AP_small | val mAP50, last 5 epochs | gain over the 10 before |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| fold | val frames | small objects | mAP50 | AP_small | val mAP50, last 5 epochs | gain over the 10 before |",
+        "|---|---|---|---|---|---|---|",
+    ]
     unpruned = {c["fold"]: c for c in report["cells"] if c["kind"] == "unpruned"}
     for fold, curve in sorted(report["baseline_curves"].items(), key=lambda kv: int(kv[0])):
         cell = unpruned.get(int(fold))
@@ -112,9 +148,11 @@ def baseline_table(report: dict) -> str:
         before = [p["mAP50"] for p in curve[-15:-5]]
         gain = statistics.fmean(tail) - statistics.fmean(before) if tail and before else None
         m = cell["metrics"]
-        lines.append(f"| {fold} | {report['fold_sizes'][int(fold)]} | {report['small_objects'][int(fold)]} | {fmt(m['mAP50'])} "
-                     f"| {fmt(m['AP_small'])} | {fmt(statistics.fmean(tail) if tail else None)} | "
-                     f"{'-' if gain is None else f'{gain:+.1f}'} |")
+        lines.append(
+            f"| {fold} | {report['fold_sizes'][int(fold)]} | {report['small_objects'][int(fold)]} | {fmt(m['mAP50'])} "
+            f"| {fmt(m['AP_small'])} | {fmt(statistics.fmean(tail) if tail else None)} | "
+            f"{'-' if gain is None else f'{gain:+.1f}'} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -124,9 +162,18 @@ def repeat_table(report: dict) -> str:
     if not repeats:
         return ""
     first = repeats[0]["settings"]
-    original = [c for c in report["cells"] if c["kind"] == "pruned" and c["fold"] == 0
-                and all(c["settings"].get(k) == first.get(k) for k in ("target", "criterion", "allocation", "distill", "class_weights", "finetune_weights"))
-                and c["settings"].get("seed") == report["settings"]["seed"] and not c["settings"].get("replica")]
+    original = [
+        c
+        for c in report["cells"]
+        if c["kind"] == "pruned"
+        and c["fold"] == 0
+        and all(
+            c["settings"].get(k) == first.get(k)
+            for k in ("target", "criterion", "allocation", "distill", "class_weights", "finetune_weights")
+        )
+        and c["settings"].get("seed") == report["settings"]["seed"]
+        and not c["settings"].get("replica")
+    ]
     lines = ["| run (fold 0) | " + " | ".join(METRICS[:3]) + " | FLOPs kept |", "|---|---|---|---|---|"]
     for cell in original + repeats:
         s = cell["settings"]

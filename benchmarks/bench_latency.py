@@ -32,7 +32,8 @@ os.environ.setdefault("DETPRUNE_QUIET", "1")
 
 from detprune.commands.export import load_model, parse_imgsz  # noqa: E402
 from detprune.errors import DetpruneError  # noqa: E402
-from detprune.export.latency import default_threads, onnxruntime_side_by_side  # noqa: E402
+from detprune.runtime import default_threads  # noqa: E402
+from detprune.runtime.ort import onnxruntime_side_by_side  # noqa: E402
 from detprune.export.onnx import export_onnx  # noqa: E402
 from detprune.utils.atomic import write_text  # noqa: E402
 from detprune.workflow.measure import model_cost  # noqa: E402
@@ -64,8 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="yolov8n.yaml", help="the original model (checkpoint, yaml or name)")
     parser.add_argument("--pruned", nargs="*", default=[], help="pruned checkpoints to time")
-    parser.add_argument("--flops", nargs="*", type=float, default=[], help="FLOPs fractions to prune to here (e.g. 0.7 0.5 0.3)")
-    parser.add_argument("--round-to", nargs="*", type=int, default=[8], help="channel rounding for --flops (e.g. 1 8 16)")
+    parser.add_argument(
+        "--flops", nargs="*", type=float, default=[], help="FLOPs fractions to prune to here (e.g. 0.7 0.5 0.3)"
+    )
+    parser.add_argument(
+        "--round-to", nargs="*", type=int, default=[8], help="channel rounding for --flops (e.g. 1 8 16)"
+    )
     parser.add_argument("--imgsz", type=parse_imgsz, default=640)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=default_threads())
@@ -82,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
             rows, paths = [], {}
             for index, (name, rounding, model) in enumerate(models):
                 paths[name] = Path(work) / f"model{index}.onnx"
-                rows.append({"name": name, "round_to": rounding, **export_for_timing(adapter, model, args, paths[name])})
+                rows.append(
+                    {"name": name, "round_to": rounding, **export_for_timing(adapter, model, args, paths[name])}
+                )
             shape = rows[0].pop("shape")
             for row in rows[1:]:
                 if row.pop("shape") != shape:
@@ -103,8 +110,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{row['name']:<16} {row['flops'] / 1e9:>7.2f} {row['params'] / 1e6:>7.2f}M {lat['median_ms']:>10.1f} "
               f"{lat['p90_ms']:>8.1f} {row['flops_ratio']:>8.2f} {row['latency_ratio']:>9.2f}")
     first = base["latency"]
-    print(f"onnxruntime on {first['device']}, {first['threads']} thread(s), input {'x'.join(map(str, first['input_shape']))}, "
-          f"median of {first['runs']} interleaved runs after {first['warmup']} warm-up")
+    print(
+        f"onnxruntime on {first['device']}, {first['threads']} thread(s), input "
+        f"{'x'.join(map(str, first['input_shape']))}, "
+        f"median of {first['runs']} interleaved runs after {first['warmup']} warm-up"
+    )
     if args.json:
         write_text(args.json, json.dumps({"imgsz": args.imgsz, "batch": args.batch, "rows": rows}, indent=2) + "\n")
     return 0

@@ -48,16 +48,25 @@ DEFAULT_ARCHS = ["fasterrcnn_mobilenet_v3_large_fpn", "fasterrcnn_resnet50_fpn"]
 
 
 def measure(adapter: RcnnAdapter, model, example, args, work: Path, tag: str) -> dict:
-    from detprune.export.latency import measure_latency
+    from detprune.runtime import measure_latency
     from detprune.export.onnx import export_onnx
     from detprune.pruning.flops import measure as count
 
     cost = count(model, example, adapter.dependency_graph_options(model)["forward_fn"])
     path = work / f"{tag}.onnx"
     tick = time.perf_counter()
-    export_onnx(adapter.export_module(model), example[:1], path, opset=17, check=False, output_names=["boxes", "scores", "labels"])
+    export_onnx(
+        adapter.export_module(model),
+        example[:1],
+        path,
+        opset=17,
+        check=False,
+        output_names=["boxes", "scores", "labels"],
+    )
     export_s = time.perf_counter() - tick
-    latency = measure_latency("onnxruntime", path, list(example[:1].shape), args.warmup, args.runs, threads=args.threads)
+    latency = measure_latency(
+        "onnxruntime", path, list(example[:1].shape), args.warmup, args.runs, threads=args.threads
+    )
     return {
         "params": cost.params,
         "flops": cost.flops,
@@ -106,7 +115,10 @@ def bench(arch: str, args, work: Path) -> dict:
         "target": target,
         "achieved": result.achieved,
         "prune_seconds": prune_s,
-        "fpn_width": [original.backbone.fpn.layer_blocks[0][0].out_channels, pruned.backbone.fpn.layer_blocks[0][0].out_channels],
+        "fpn_width": [
+            original.backbone.fpn.layer_blocks[0][0].out_channels,
+            pruned.backbone.fpn.layer_blocks[0][0].out_channels,
+        ],
         "before": before,
         "after": after,
     }
@@ -136,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--round-to", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--runs", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: this process's cores)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="ONNX Runtime threads (default: this process's cores)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
     args.imgsz = args.imgsz[0] if len(args.imgsz) == 1 else tuple(args.imgsz[:2])

@@ -86,7 +86,9 @@ def saliency_scoring(adapter, model, batches, device) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="yolov8n.yaml")
-    parser.add_argument("--data", default=None, help="dataset (default: kitti_tiny beside the repository, else synthetic)")
+    parser.add_argument(
+        "--data", default=None, help="dataset (default: kitti_tiny beside the repository, else synthetic)"
+    )
     parser.add_argument("--imgsz", type=int, default=320)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--images", type=int, default=16)

@@ -50,7 +50,20 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
 
     adapter = YoloAdapter()
-    header = ("model", "target", "params", "params after", "GFLOPs", "GFLOPs after", "kept", "exact", "graph s", "search s", "surgery s", "total s")
+    header = (
+        "model",
+        "target",
+        "params",
+        "params after",
+        "GFLOPs",
+        "GFLOPs after",
+        "kept",
+        "exact",
+        "graph s",
+        "search s",
+        "surgery s",
+        "total s",
+    )
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|")
     for spec in args.models:
@@ -60,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
             model = copy.deepcopy(original)
             start = time.perf_counter()
             try:
-                result = prune_model(adapter, model, scores, target_flops=target, round_to=args.round_to, imgsz=args.imgsz)
+                result = prune_model(
+                    adapter, model, scores, target_flops=target, round_to=args.round_to, imgsz=args.imgsz
+                )
             except DetpruneError as err:
                 print(f"| {spec} | {target:.0%} | {err} |")
                 continue

@@ -46,8 +46,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                              "at 0.5 every cut reads 0 before fine-tuning)")
     p.add_argument("--ridges", default="0,0.5,2,8,inf", help="CATRO ridges to cut with")
     p.add_argument("--baselines", default="saliency,taylor,l1,random", help="criteria cut beside CATRO")
-    p.add_argument("--accuracy-args", default="--threads 1 --baseline-epochs 50 --finetune-epochs 10 --out runs/accuracy",
-                   help="the accuracy benchmark's arguments that key its cached baselines")
+    p.add_argument(
+        "--accuracy-args",
+        default="--threads 1 --baseline-epochs 50 --finetune-epochs 10 --out runs/accuracy",
+        help="the accuracy benchmark's arguments that key its cached baselines",
+    )
     p.add_argument("--out", default="runs/catro_ridge.json")
     return p.parse_args(argv)
 
@@ -83,7 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         return map50(pruned.model)
 
     rows = [{"cut": "unpruned", "mAP50": map50(base)}]
-    print(f"fold {args.fold}, {args.target:g} FLOPs kept, widths of saliency / global; unpruned mAP50 {rows[0]['mAP50']:.1f}")
+    print(
+        f"fold {args.fold}, {args.target:g} FLOPs kept, widths of saliency / global; unpruned mAP50 "
+        f"{rows[0]['mAP50']:.1f}"
+    )
     widths, _ = scores_of("saliency")
     for name in args.baselines.split(","):
         scores = widths if name == "saliency" else scores_of(name)[0]
@@ -95,8 +101,11 @@ def main(argv: list[str] | None = None) -> int:
         between, within = scatter_kept(catro.last_scatter, ridge)
         rows.append({"cut": f"catro ridge={text}", "ridge": text, "mAP50": cut(scores, widths, catro),
                      "between_kept": between, "within_kept": within})
-        print(f"  catro ridge={text:8s} mAP50 {rows[-1]['mAP50']:5.1f}   a half of each layer keeps "
-              f"{100 * between:.0f}% of its between-class and {100 * within:.0f}% of its within-class scatter", flush=True)
+        print(
+            f"  catro ridge={text:8s} mAP50 {rows[-1]['mAP50']:5.1f}   a half of each layer keeps "
+            f"{100 * between:.0f}% of its between-class and {100 * within:.0f}% of its within-class scatter",
+            flush=True,
+        )
     report = {"command": "python benchmarks/catro_ridge.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "fold": args.fold, "target": args.target, "input_hw": list(hw), "rows": rows}
     write_text(Path(args.out), json.dumps(report, indent=2, default=lambda v: None if math.isnan(v) else v) + "\n")

@@ -114,7 +114,9 @@ def baseline(args: argparse.Namespace, adapter: YoloAdapter, train, val, log) ->
     if checkpoint.is_file():
         log(f"baseline: cached {checkpoint}")
         return adapter.prepare_for_pruning(adapter.load_checkpoint(checkpoint)), str(checkpoint)
-    log(f"baseline: {args.model} + {Path(args.weights).name}, training {args.baseline_epochs} epochs at {args.imgsz} px")
+    log(
+        f"baseline: {args.model} + {Path(args.weights).name}, training {args.baseline_epochs} epochs at {args.imgsz} px"
+    )
     tick = time.perf_counter()
     model = adapter.load(args.model, weights=args.weights, class_names=train.class_names, init_seed=args.split_seed)
     model = finetune_variant(adapter, model, train, val, epochs=args.baseline_epochs, out_dir=folder,
@@ -135,7 +137,9 @@ def measure(args: argparse.Namespace, adapter: YoloAdapter, model, val) -> dict:
         for key in path:
             value = value.get(key) if isinstance(value, dict) else None
         row[column] = None if value is None else 100.0 * float(value)
-    row["latency_ms"] = cpu_latency(adapter, model, args.imgsz, runs=args.latency_runs).median_ms if args.latency_runs else None
+    row["latency_ms"] = (
+        cpu_latency(adapter, model, args.imgsz, runs=args.latency_runs).median_ms if args.latency_runs else None
+    )
     return row
 
 
@@ -147,7 +151,9 @@ def criterion_options(name: str, seed: int, args: argparse.Namespace) -> dict:
     return {k: v for k, v in options if k in accepted}
 
 
-def one_run(args, adapter, base_model, base_key: str, train, val, target: float, criterion: str, seed: int, log) -> dict:
+def one_run(
+    args, adapter, base_model, base_key: str, train, val, target: float, criterion: str, seed: int, log
+) -> dict:
     """Score, prune, fine-tune, measure one (target, criterion, seed); reused when already done."""
     settings = {"baseline": base_key, "target": target, "criterion": criterion, "seed": seed,
                 "round_to": args.round_to, "epochs": args.finetune_epochs, "latency_runs": args.latency_runs,
@@ -180,7 +186,10 @@ def summarise(runs: list[dict]) -> dict:
     for column in columns:
         values = [r[column] for r in runs if r.get(column) is not None]
         if values:
-            out[column] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+            out[column] = {
+                "mean": statistics.fmean(values),
+                "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            }
     return out
 
 
@@ -207,7 +216,18 @@ def fmt(cell: Any, digits: int = 1) -> str:
 
 
 def markdown(base: dict, rows: dict, args: argparse.Namespace) -> str:
-    head = ["FLOPs target", "criterion", "seeds", "FLOPs kept", *[c for c, _ in METRICS], "Δ mAP50", "params (M)", "GFLOPs", "CPU ms", "scoring s"]
+    head = [
+        "FLOPs target",
+        "criterion",
+        "seeds",
+        "FLOPs kept",
+        *[c for c, _ in METRICS],
+        "Δ mAP50",
+        "params (M)",
+        "GFLOPs",
+        "CPU ms",
+        "scoring s",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines.append("| 1.0 | unpruned | - | 100% | " + " | ".join(fmt(base[c]) for c, _ in METRICS)
                  + f" | - | {base['params'] / 1e6:.2f} | {base['flops'] / 1e9:.2f} | {fmt(base['latency_ms'])} | - |")
@@ -217,9 +237,11 @@ def markdown(base: dict, rows: dict, args: argparse.Namespace) -> str:
                      + " | ".join(fmt(s.get(c)) for c, _ in METRICS)
                      + f" | {delta['mean']:+.1f} | {s['params']['mean'] / 1e6:.2f} | {s['flops']['mean'] / 1e9:.2f}"
                      + f" | {fmt(s.get('latency_ms'))} | {fmt(s.get('score_s'))} |")
-    note = (f"\nAP in points on {args.val_count} held-out frames (mean ± std over seeds {','.join(map(str, args.seeds))}); "
-            f"{args.imgsz} px; baseline {args.baseline_epochs} epochs, fine-tuning {args.finetune_epochs} epochs; "
-            f"GFLOPs = 2 x GMACs at {args.imgsz} px; CPU ms = ONNX Runtime median at batch 1.\n")
+    note = (
+        f"\nAP in points on {args.val_count} held-out frames (mean ± std over seeds {','.join(map(str, args.seeds))}); "
+        f"{args.imgsz} px; baseline {args.baseline_epochs} epochs, fine-tuning {args.finetune_epochs} epochs; "
+        f"GFLOPs = 2 x GMACs at {args.imgsz} px; CPU ms = ONNX Runtime median at batch 1.\n"
+    )
     return "\n".join(lines) + "\n" + note
 
 
@@ -287,7 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     out = Path(args.out)
     write_text(out / "results.json", json.dumps(report, indent=2) + "\n")
-    notes = "".join(f"\n- skipped: flops {s['target']:g} {s['criterion']} seed {s['seed']}: {s['error']}" for s in skipped)
+    notes = "".join(
+        f"\n- skipped: flops {s['target']:g} {s['criterion']} seed {s['seed']}: {s['error']}" for s in skipped
+    )
     write_text(out / "results.md", f"# Criteria compared\n\n`{report['command']}`\n\n{table}{notes}\n")
     print()
     print(table)

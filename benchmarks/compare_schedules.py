@@ -89,8 +89,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-eval-images", type=int, default=32, help="seen frames the train mAP is measured on")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--latency-runs", type=int, default=0, help="timed ONNX Runtime runs of the final model (0 = none)")
-    p.add_argument("--select-best", action="store_true",
-                   help="keep each training run's best epoch by val fitness (default: its last epoch, no selection on val)")
+    p.add_argument(
+        "--select-best",
+        action="store_true",
+        help="keep each training run's best epoch by val fitness (default: its last epoch, no selection on val)",
+    )
     p.add_argument("--car-max-channels", type=int, default=2, help="(criterion option shared with compare_criteria)")
     p.add_argument("--out", default="runs/compare_schedules")
     args = p.parse_args(argv)
@@ -136,7 +139,9 @@ def build_steps(args, method: str, train, seed: int):
     if method == "one-shot":
         return one_shot_steps(train, args.target, epochs=epochs_for_budget(budget, [len(train)]), seed=seed), budget
     epochs = epochs_for_budget(budget, [len(train)] * args.iterative_steps)
-    return iterative_steps(train, args.iterative_steps, args.target, kind=args.sparsity_schedule, epochs=epochs, seed=seed), budget
+    return iterative_steps(
+        train, args.iterative_steps, args.target, kind=args.sparsity_schedule, epochs=epochs, seed=seed
+    ), budget
 
 
 def one_run(args, adapter, base_model, base_key: str, train, val, method: str, criterion: str, seed: int, log) -> dict:
@@ -251,26 +256,36 @@ def markdown(base: dict, rows: dict, args) -> str:
     lines.append("| unpruned | - | - | - | 100% | " + " | ".join(fmt(base[c]) for c, _ in METRICS)
                  + f" | {fmt(base['train_mAP50'])} | {fmt(base['gap'])} | {base['params'] / 1e6:.2f} | - | - |")
     for (method, criterion), s in rows.items():
-        lines.append(f"| {method} | {criterion} | {s['seeds']} | {s['image_passes']} | {fmt(s['flops_kept'], percent=True)} | "
-                     + " | ".join(fmt(s.get(c)) for c, _ in METRICS)
-                     + f" | {fmt(s['train_mAP50'])} | {fmt(s['gap'])} | {s['params']['mean'] / 1e6:.2f} | {fmt(s['method_s'], 0)} | {fmt(s['wall_s'], 0)} |")
+        lines.append(
+            f"| {method} | {criterion} | {s['seeds']} | {s['image_passes']} | {fmt(s['flops_kept'], percent=True)} | "
+            + " | ".join(fmt(s.get(c)) for c, _ in METRICS)
+            + f" | {fmt(s['train_mAP50'])} | {fmt(s['gap'])} | {s['params']['mean'] / 1e6:.2f}"
+            + f" | {fmt(s['method_s'], 0)} | {fmt(s['wall_s'], 0)} |"
+        )
     text = "\n".join(lines) + "\n"
     for (method, criterion), s in rows.items():
         if method == "one-shot":
             continue
-        text += (f"\n{method}, {criterion}: after every step (step 0 = the baseline; mean ± std over "
-                 f"{s['seeds']} seeds)\n\n| step | frames seen | FLOPs kept | val mAP50 | val mAP50-95 | train mAP50 | gap |\n"
-                 "|---|---|---|---|---|---|---|\n")
+        text += (
+            f"\n{method}, {criterion}: after every step (step 0 = the baseline; mean ± std over "
+            f"{s['seeds']} seeds)\n\n"
+            "| step | frames seen | FLOPs kept | val mAP50 | val mAP50-95 | train mAP50 | gap |\n"
+            "|---|---|---|---|---|---|---|\n"
+        )
         for c in s["curve"]:
-            text += (f"| {c['step']} | {c['seen_images']} | {fmt(c['flops_kept'], percent=True)} | {fmt(c['val_mAP50'])} | "
-                     f"{fmt(c['val_mAP'])} | {fmt(c['train_mAP50'])} | {fmt(c['gap'])} |\n")
-    text += (f"\nAP in points on {args.val_count} held-out frames; train mAP50 on {args.train_eval_images} seeded frames "
-             f"of those seen; gap = train - val mAP50. {args.imgsz} px, batch {args.batch}, lr {args.lr}, warm-up 1 epoch, "
-             f"{'best epoch by val' if args.select_best else 'last epoch'} of every training run kept, "
-             f"round to {args.round_to}; final target {args.target:g} of the baseline's FLOPs; APP: {args.megabatches} "
-             f"megabatches, {args.sparsity_schedule} schedule, replay {args.replay:g}, {args.app_epochs} epochs each; "
-             f"iterative: {args.iterative_steps} {args.sparsity_schedule} steps. method s = scoring + cutting + training; "
-             "wall s adds the evaluations after every step (val and train mAP) and of the final model.\n")
+            text += (
+                f"| {c['step']} | {c['seen_images']} | {fmt(c['flops_kept'], percent=True)} | {fmt(c['val_mAP50'])} | "
+                f"{fmt(c['val_mAP'])} | {fmt(c['train_mAP50'])} | {fmt(c['gap'])} |\n"
+            )
+    text += (
+        f"\nAP in points on {args.val_count} held-out frames; train mAP50 on {args.train_eval_images} seeded frames "
+        f"of those seen; gap = train - val mAP50. {args.imgsz} px, batch {args.batch}, lr {args.lr}, warm-up 1 epoch, "
+        f"{'best epoch by val' if args.select_best else 'last epoch'} of every training run kept, "
+        f"round to {args.round_to}; final target {args.target:g} of the baseline's FLOPs; APP: {args.megabatches} "
+        f"megabatches, {args.sparsity_schedule} schedule, replay {args.replay:g}, {args.app_epochs} epochs each; "
+        f"iterative: {args.iterative_steps} {args.sparsity_schedule} steps. method s = scoring + cutting + training; "
+        "wall s adds the evaluations after every step (val and train mAP) and of the final model.\n"
+    )
     return text
 
 
@@ -289,10 +304,13 @@ def main(argv: list[str] | None = None) -> int:
     base["train_mAP50"] = 100.0 * float(adapter.evaluate(base_model, seen, imgsz=args.imgsz, batch_size=args.batch,
                                                           progress=False)["mAP50"])
     base["gap"] = base["train_mAP50"] - base["mAP50"]
-    log("baseline: " + ", ".join(f"{c} {fmt(base[c])}" for c, _ in METRICS) + f", train mAP50 {base['train_mAP50']:.1f}")
+    log(
+        "baseline: " + ", ".join(f"{c} {fmt(base[c])}" for c, _ in METRICS) + f", train mAP50 {base['train_mAP50']:.1f}"
+    )
 
-    plan = [(m, c) for m in args.methods for c in args.criteria] + [("app", c) for c in args.app_criteria
-                                                                      if "app" in args.methods and c not in args.criteria]
+    plan = [(m, c) for m in args.methods for c in args.criteria] + [
+        ("app", c) for c in args.app_criteria if "app" in args.methods and c not in args.criteria
+    ]
     runs: dict[tuple[str, str], list[dict]] = {}
     failed: list[dict] = []
     total, done = len(plan) * len(args.seeds), 0
@@ -306,9 +324,12 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"run {done}/{total} {method} {criterion} seed {seed}: failed: {err}")
                 continue
             runs.setdefault((method, criterion), []).append(result)
-            log(f"run {done}/{total} {method} {criterion} seed {seed}: "
+            log(
+                f"run {done}/{total} {method} {criterion} seed {seed}: "
                 + ", ".join(f"{c} {fmt(result[c])}" for c, _ in METRICS)
-                + f", gap {fmt(result['gap'])}; FLOPs kept {result['flops_kept']:.1%}; {result['seconds']['total']:.0f} s")
+                + f", gap {fmt(result['gap'])}; FLOPs kept {result['flops_kept']:.1%}; "
+                f"{result['seconds']['total']:.0f} s"
+            )
 
     rows = {key: summarise(values) for key, values in sorted(runs.items(), key=lambda kv: plan.index(kv[0]))}
     table = markdown(base, rows, args)

@@ -17,7 +17,8 @@ table decomposes the gap between the two numbers:
 Up to "single-label NMS" the ground truth is what the YOLO export writes (objects only, clipped
 into the image); from "ignore regions kept" on, detprune's own.
 
-    python benchmarks/compare_validator.py --weights runs/accuracy/cache/baseline-a112508d9d59/finetune/train/weights/last.pt \
+    python benchmarks/compare_validator.py --weights
+    runs/accuracy/cache/baseline-a112508d9d59/finetune/train/weights/last.pt \
         --data ../shared/data/kitti_tiny --val-list runs/accuracy/cache/baseline-a112508d9d59/dataset/images/val \
         --imgsz 640 --out runs/compare_validator/fold0-640
 
@@ -168,7 +169,9 @@ def run(args) -> dict:
     adapter = YoloAdapter()
     model = adapter.load_checkpoint(args.weights)
     if adapter.class_names(model) != list(val.class_names):
-        raise DetpruneError(f"{args.weights}: classes {adapter.class_names(model)} are not the data's {val.class_names}")
+        raise DetpruneError(
+            f"{args.weights}: classes {adapter.class_names(model)} are not the data's {val.class_names}"
+        )
 
     data_yaml = write_yolo_dataset(DetectionSet(list(val.class_names), []), val, out / "yolo")
     metrics = ultralytics.YOLO(args.weights).val(
@@ -178,7 +181,9 @@ def run(args) -> dict:
 
     work = out / "ultralytics_metric"
     loaded = loader_predictions(model, data_yaml, val, args.imgsz, args.batch)
-    rows.append(("re-run here: ultralytics' loader images, NMS and metric", *ultralytics_metric(exported, loaded, work)))
+    rows.append(
+        ("re-run here: ultralytics' loader images, NMS and metric", *ultralytics_metric(exported, loaded, work))
+    )
     rows.append(("predicted boxes clipped into the image", *ultralytics_metric(exported, clipped(val, loaded), work)))
     def predict(**kw):
         return adapter.predictions(model, val, imgsz=args.imgsz, batch_size=args.batch, progress=False, **kw)
@@ -209,9 +214,13 @@ def run(args) -> dict:
 
 def markdown(result: dict) -> str:
     s = result["settings"]
-    lines = [f"imgsz {s['imgsz']}, {len(s['frames'])} frames ({s['objects']} objects, {s['ignore_boxes']} ignore boxes), "
-             f"ultralytics {s['ultralytics']}, torch {s['torch']}", "",
-             "| row | setting | mAP50 | Δ | mAP50-95 | Δ |", "|---|---|---:|---:|---:|---:|"]
+    lines = [
+        f"imgsz {s['imgsz']}, {len(s['frames'])} frames ({s['objects']} objects, {s['ignore_boxes']} ignore boxes), "
+        f"ultralytics {s['ultralytics']}, torch {s['torch']}",
+        "",
+        "| row | setting | mAP50 | Δ | mAP50-95 | Δ |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for i, r in enumerate(result["rows"]):
         d50, d = (f"{r[k]:+.2f}" if k in r else "" for k in ("delta_mAP50", "delta_mAP50-95"))
         lines.append(f"| {chr(ord('a') + i)} | {r['setting']} | {r['mAP50']:.2f} | {d50} | {r['mAP50-95']:.2f} | {d} |")

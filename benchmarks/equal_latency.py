@@ -42,8 +42,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sessions", type=int, default=2, help="timing sessions per fold (their ratios are averaged)")
     p.add_argument("--runs", type=int, default=60, help="interleaved rounds per session")
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--accuracy-args", default="--threads 1 --baseline-epochs 50 --finetune-epochs 10 --out runs/accuracy",
-                   help="the accuracy benchmark's arguments that key its cached baselines and cells")
+    p.add_argument(
+        "--accuracy-args",
+        default="--threads 1 --baseline-epochs 50 --finetune-epochs 10 --out runs/accuracy",
+        help="the accuracy benchmark's arguments that key its cached baselines and cells",
+    )
     p.add_argument("--out", default="runs/equal_latency.json")
     args = p.parse_args(argv)
     if args.sessions < 1 or args.runs < 1:
@@ -63,13 +66,15 @@ def time_fold(runner, fold: int, cells: list[str], args, work: Path) -> dict:
     """{cell: {"ratios": [per session], "metrics": {...}, "flops_kept": f}} for one fold."""
     from ultralytics.nn.tasks import load_checkpoint
 
-    from detprune.export.latency import onnxruntime_side_by_side
+    from detprune.runtime.ort import onnxruntime_side_by_side
 
     paths, found = {"baseline": runner.baseline_onnx(fold)}, {}
     for i, cell in enumerate(cells):
         folder = runner.out / "cells" / cell / f"fold{fold}"
         model, _ = load_checkpoint(str(fine_tuned(folder)))
-        paths[cell] = runner.export(runner.adapter.prepare_for_pruning(model.float()), work / f"cell{i}-fold{fold}.onnx")
+        paths[cell] = runner.export(
+            runner.adapter.prepare_for_pruning(model.float()), work / f"cell{i}-fold{fold}.onnx"
+        )
         result = json.loads((folder / "result.json").read_text())
         found[cell] = {"metrics": {k: result["metrics"].get(k) for k in METRICS}, "flops_kept": result["flops_kept"],
                        "ratios": []}
@@ -105,7 +110,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{METRICS[0]}_per_fold": [r["metrics"][METRICS[0]] for r in rows],
         }
         s = summary[cell]
-        print(f"{cell:50s} {s['latency_ratio']:13.3f} {s['flops_kept']:10.1%} " + " ".join(f"{s[m]:13.1f}" for m in METRICS))
+        print(
+            f"{cell:50s} {s['latency_ratio']:13.3f} {s['flops_kept']:10.1%} "
+            + " ".join(f"{s[m]:13.1f}" for m in METRICS)
+        )
     report = {"command": "python benchmarks/equal_latency.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "folds": folds, "input_hw": list(runner.hw), "threads": runner.args.threads, "sessions": args.sessions,
               "runs": args.runs, "cells": summary, "per_fold": {str(f): v for f, v in per_fold.items()}}

@@ -119,7 +119,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.worker:
         label_dir, out_json, ids_json, *result_dirs = args.worker
-        Path(out_json).write_text(json.dumps(run_port(args.port.resolve(), label_dir, json.loads(Path(ids_json).read_text()), result_dirs)))
+        Path(out_json).write_text(
+            json.dumps(run_port(args.port.resolve(), label_dir, json.loads(Path(ids_json).read_text()), result_dirs))
+        )
         return 0
 
     from detprune.data.kitti import find_kitti_dirs, read_kitti, read_kitti_results
@@ -136,8 +138,13 @@ def main() -> int:
             write_kitti_results(data, predictions, folder)
             back = read_kitti_results(folder, data.class_names)
             result = evaluate_kitti(data, [back[s.image_id] for s in data.samples], protocol="devkit")
-            ours[folder] = {c: {lv: [100 * (result["per_class"][c][lv] or 0.0), 100 * (result["per_class_R11"][c][lv] or 0.0)]
-                                for lv in LEVELS} for c in CLASSES}
+            ours[folder] = {
+                c: {
+                    lv: [100 * (result["per_class"][c][lv] or 0.0), 100 * (result["per_class_R11"][c][lv] or 0.0)]
+                    for lv in LEVELS
+                }
+                for c in CLASSES
+            }
             folders[case] = folder
         ids = Path(tmp) / "ids.json"
         ids.write_text(json.dumps([int(s.image_id) for s in data.samples]))
@@ -148,7 +155,10 @@ def main() -> int:
 
     worst = {(c, k): 0.0 for c in CLASSES for k in (0, 1)}
     for case, folder in folders.items():
-        print(f"{case:>20}  " + "  ".join(f"{c} R40 " + "/".join(f"{ours[folder][c][lv][0]:.2f}" for lv in LEVELS) for c in CLASSES))
+        print(
+            f"{case:>20}  "
+            + "  ".join(f"{c} R40 " + "/".join(f"{ours[folder][c][lv][0]:.2f}" for lv in LEVELS) for c in CLASSES)
+        )
         for c in CLASSES:
             for lv in LEVELS:
                 for k in (0, 1):

@@ -62,7 +62,10 @@ def cuts_for(adapter, model, scores, table, targets, args) -> dict:
             print(f"latency {target:g}: {err}")
             unreached[f"latency {target:g}"] = str(err)
             continue
-        out[f"latency {target:g}"] = (result, {"candidates": len(search.candidates), "within_tolerance": search.within_tolerance})
+        out[f"latency {target:g}"] = (
+            result,
+            {"candidates": len(search.candidates), "within_tolerance": search.within_tolerance},
+        )
     return out, unreached
 
 

@@ -38,8 +38,13 @@ from detprune.pruning.latency_table import LatencyCost  # noqa: E402
 def layer_features(model: torch.nn.Module, hw) -> dict[str, tuple[int, int]]:
     """{conv name: (output pixels, kernel size)} from one forward pass."""
     found = {}
-    hooks = [m.register_forward_hook(lambda m, i, o, n=n: found.__setitem__(n, (o.shape[-2] * o.shape[-1], m.kernel_size[0])))
-             for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    hooks = [
+        m.register_forward_hook(
+            lambda m, i, o, n=n: found.__setitem__(n, (o.shape[-2] * o.shape[-1], m.kernel_size[0]))
+        )
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Conv2d)
+    ]
     with torch.no_grad():
         model(torch.zeros(1, 3, *hw))
     for hook in hooks:
@@ -71,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fold", type=int, default=1)
     p.add_argument("--flops", type=float, default=0.5, help="FLOPs kept by the FLOPs-cost cut")
     p.add_argument("--latency", type=float, default=0.61, help="predicted latency kept by the latency-cost cut")
-    p.add_argument("--accuracy-args", default="--threads 1 --baseline-epochs 50 --finetune-epochs 10 --out runs/accuracy")
+    p.add_argument(
+        "--accuracy-args", default="--threads 1 --baseline-epochs 50 --finetune-epochs 10 --out runs/accuracy"
+    )
     args = p.parse_args(argv)
     bench, runner, base = accuracy.cached_fold(args.accuracy_args, args.fold)
     hw = runner.hw
@@ -91,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     y = np.array([measured[t] for t in tags])
 
     features = layer_features(base, hw)
-    level = {n: int(np.log2(max(1.0, px / min(f[0] for f in features.values())))) // 2 for n, (px, _) in features.items()}
+    level = {
+        n: int(np.log2(max(1.0, px / min(f[0] for f in features.values())))) // 2 for n, (px, _) in features.items()
+    }
     groupings = {"one scale": lambda n: 0,
                  "per resolution": lambda n: level[n.split("#")[0]],
                  "per resolution and kernel": lambda n: (level[n.split("#")[0]], features[n.split("#")[0]][1] > 1)}

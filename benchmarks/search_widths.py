@@ -71,7 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--baseline-epochs", type=int, default=30, help="of compare_criteria's cached baseline")
-    p.add_argument("--baseline-out", default="runs/compare_criteria", help="compare_criteria's folder (its cache and runs)")
+    p.add_argument(
+        "--baseline-out", default="runs/compare_criteria", help="compare_criteria's folder (its cache and runs)"
+    )
     p.add_argument("--finetune-epochs", type=int, default=5)
     p.add_argument("--target", type=float, default=0.5, help="fraction of the FLOPs kept")
     p.add_argument("--seeds", default="0,1,2")
@@ -83,7 +85,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--generations", type=int, default=6)
     p.add_argument("--tau-subnets", type=int, default=8, help="subnets for the rank correlation (>= 8; 0 = skip)")
     p.add_argument("--variants", default=",".join(VARIANTS), help="allocations to fine-tune, comma-separated")
-    p.add_argument("--latency-runs", type=int, default=20, help="ONNX Runtime runs per model (20 as compare_criteria's runs)")
+    p.add_argument(
+        "--latency-runs", type=int, default=20, help="ONNX Runtime runs per model (20 as compare_criteria's runs)"
+    )
     p.add_argument("--out", default="runs/search_widths")
     args = p.parse_args(argv)
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -96,10 +100,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def criteria_args(args: argparse.Namespace) -> argparse.Namespace:
     """compare_criteria's settings for the same baseline and fine-tuning protocol."""
-    return cc.parse_args(["--data", args.data, "--imgsz", str(args.imgsz), "--batch", str(args.batch), "--lr", str(args.lr),
-                          "--baseline-epochs", str(args.baseline_epochs), "--finetune-epochs", str(args.finetune_epochs),
-                          "--round-to", str(args.round_to), "--latency-runs", str(args.latency_runs),
-                          "--targets", str(args.target), "--criteria", "saliency", "--out", args.baseline_out])
+    return cc.parse_args(
+        [
+            "--data",
+            args.data,
+            "--imgsz",
+            str(args.imgsz),
+            "--batch",
+            str(args.batch),
+            "--lr",
+            str(args.lr),
+            "--baseline-epochs",
+            str(args.baseline_epochs),
+            "--finetune-epochs",
+            str(args.finetune_epochs),
+            "--round-to",
+            str(args.round_to),
+            "--latency-runs",
+            str(args.latency_runs),
+            "--targets",
+            str(args.target),
+            "--criteria",
+            "saliency",
+            "--out",
+            args.baseline_out,
+        ]
+    )
 
 
 def cached_run(folder: Path, settings: dict, work: Callable[[], dict]) -> dict:
@@ -116,7 +142,9 @@ def cached_run(folder: Path, settings: dict, work: Callable[[], dict]) -> dict:
 def tuned_result(args, cargs, adapter, model, train, val, folder: Path, seed: int, extra: dict | None = None) -> dict:
     """Fine-tune ``model`` with compare_criteria's protocol and measure it on the val frames."""
     tick = time.perf_counter()
-    tuned = finetune_variant(adapter, model, train, val, epochs=args.finetune_epochs, out_dir=folder, **cc.train_options(cargs, seed))
+    tuned = finetune_variant(
+        adapter, model, train, val, epochs=args.finetune_epochs, out_dir=folder, **cc.train_options(cargs, seed)
+    )
     row = cc.measure(cargs, adapter, tuned, val)
     return {**row, **(extra or {}), "seconds": {"finetune": time.perf_counter() - tick}}
 
@@ -142,7 +170,9 @@ def build_supernet(args, adapter, base_model, base_key, train, val, log):
     folder = Path(args.out) / "cache" / f"supernet-{cc.settings_key(settings)}"
     model = copy.deepcopy(base_model)
     tick = time.perf_counter()
-    scores = score_channels(adapter, model, train, "saliency", imgsz=args.imgsz, batch_size=args.batch, seed=0, progress=False)
+    scores = score_channels(
+        adapter, model, train, "saliency", imgsz=args.imgsz, batch_size=args.batch, seed=0, progress=False
+    )
     score_s = time.perf_counter() - tick
     space = WidthSpace(adapter, model, scores, imgsz=args.imgsz, width_choices=args.width_choices,
                        limits=Limits(round_to=args.round_to))
@@ -164,7 +194,10 @@ def build_supernet(args, adapter, base_model, base_key, train, val, log):
 
     save_torch(model.state_dict(), folder / "supernet_state.pt")
     write_text(folder / "record.json", json.dumps(record) + "\n")
-    log(f"supernet: trained in {training.seconds:.0f} s; loss per epoch " + ", ".join(f"{x:.2f}" for x in training.epoch_loss))
+    log(
+        f"supernet: trained in {training.seconds:.0f} s; loss per epoch "
+        + ", ".join(f"{x:.2f}" for x in training.epoch_loss)
+    )
     return space, masks, prior, model, record
 
 
@@ -173,7 +206,10 @@ def stats(rows: list[dict]) -> dict:
     for column in METRICS + ["params", "flops", "latency_ms"]:
         values = [r[column] for r in rows if r.get(column) is not None]
         if values:
-            out[column] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+            out[column] = {
+                "mean": statistics.fmean(values),
+                "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            }
     return out
 
 
@@ -196,9 +232,14 @@ def main(argv: list[str] | None = None) -> int:
     space, masks, prior, supernet, built = build_supernet(args, adapter, base_model, base_key, train, val, log)
     estimator = SupernetEstimator(adapter, supernet, masks, val, imgsz=args.imgsz, batch_size=args.batch)
     budget = FlopsBudget(space, args.target)
-    evolution = evolve(space, prior, estimator, budget, population=args.population, generations=args.generations, seed=0)
-    log(f"search: {len(evolution.history)} candidates in {evolution.seconds:.0f} s; best estimate mAP50 "
-        f"{100 * evolution.fitness:.1f} at {evolution.budget_value:.1%} FLOPs; full width {100 * estimator(space.largest()):.1f}")
+    evolution = evolve(
+        space, prior, estimator, budget, population=args.population, generations=args.generations, seed=0
+    )
+    log(
+        f"search: {len(evolution.history)} candidates in {evolution.seconds:.0f} s; best estimate mAP50 "
+        f"{100 * evolution.fitness:.1f} at {evolution.budget_value:.1%} FLOPs; full width "
+        f"{100 * estimator(space.largest()):.1f}"
+    )
     widths = space.widths(evolution.best)
 
     common = {"baseline": base_key, "target": args.target, "epochs": args.finetune_epochs, "round_to": args.round_to,
@@ -209,9 +250,24 @@ def main(argv: list[str] | None = None) -> int:
         variants = {
             "searched": lambda: cut(adapter, copy.deepcopy(supernet), space, evolution.best).model,
             "searched-from-baseline": lambda: cut(adapter, copy.deepcopy(base_model), space, evolution.best).model,
-            "uniform": lambda: prune_model(adapter, copy.deepcopy(base_model), score_channels(
-                adapter, base_model, train, "saliency", imgsz=args.imgsz, batch_size=args.batch, seed=seed, progress=False),
-                target_flops=args.target, global_ranking=False, round_to=args.round_to, imgsz=args.imgsz).model,
+            "uniform": lambda: prune_model(
+                adapter,
+                copy.deepcopy(base_model),
+                score_channels(
+                    adapter,
+                    base_model,
+                    train,
+                    "saliency",
+                    imgsz=args.imgsz,
+                    batch_size=args.batch,
+                    seed=seed,  # noqa: B023  (called before the loop moves on)
+                    progress=False,
+                ),
+                target_flops=args.target,
+                global_ranking=False,
+                round_to=args.round_to,
+                imgsz=args.imgsz,
+            ).model,
         }
         for name, make in variants.items():
             if name not in args.variants:
@@ -219,7 +275,9 @@ def main(argv: list[str] | None = None) -> int:
             settings = {**common, "variant": name, "seed": seed, **options,
                         **({"widths": widths, "supernet": built["settings"]} if name.startswith("searched") else {})}
             folder = Path(args.out) / "runs" / name / f"seed{seed}"
-            result = cached_run(folder, settings, lambda: tuned_result(args, cargs, adapter, make(), train, val, folder, seed))
+            result = cached_run(
+                folder, settings, lambda: tuned_result(args, cargs, adapter, make(), train, val, folder, seed)  # noqa: B023  (called before the loop moves on)
+            )
             runs.setdefault(name, []).append(result)
             log(f"{name} seed {seed}: " + ", ".join(f"{c} {cc.fmt(result[c])}" for c in METRICS))
         if "saliency-global" not in args.variants:
@@ -243,24 +301,46 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(args.out) / "tau" / f"subnet{k}"
         settings = {**common, "variant": "tau", "seed": 0, "widths": space.widths(subnet), **cc.train_options(cargs, 0)}
         result = cached_run(folder, settings, lambda: tuned_result(
-            args, cargs, adapter, cut(adapter, copy.deepcopy(base_model), space, subnet).model, train, val, folder, 0))
+            args, cargs, adapter, cut(adapter, copy.deepcopy(base_model), space, subnet).model, train, val, folder, 0))  # noqa: B023  (called before the loop moves on)
         tau_rows.append({"flops_kept": space.flops_fraction(subnet), "estimate_mAP50": 100 * estimate,
                          "finetuned_mAP50": result["mAP50"], "finetune_s": result["seconds"]["finetune"]})
-        log(f"tau subnet {k}: FLOPs {tau_rows[-1]['flops_kept']:.1%}, estimate {100 * estimate:.1f}, fine-tuned {result['mAP50']:.1f}")
-    tau = kendall_tau([r["estimate_mAP50"] for r in tau_rows], [r["finetuned_mAP50"] for r in tau_rows]) if tau_rows else None
-    tau_flops = kendall_tau([r["flops_kept"] for r in tau_rows], [r["finetuned_mAP50"] for r in tau_rows]) if tau_rows else None
+        log(
+            f"tau subnet {k}: FLOPs {tau_rows[-1]['flops_kept']:.1%}, estimate {100 * estimate:.1f}, fine-tuned "
+            f"{result['mAP50']:.1f}"
+        )
+    tau = (
+        kendall_tau([r["estimate_mAP50"] for r in tau_rows], [r["finetuned_mAP50"] for r in tau_rows])
+        if tau_rows
+        else None
+    )
+    tau_flops = (
+        kendall_tau([r["flops_kept"] for r in tau_rows], [r["finetuned_mAP50"] for r in tau_rows]) if tau_rows else None
+    )
     build_s = built["training"]["seconds"]
     separate_s = sum(r["finetune_s"] for r in tau_rows)
 
     rows = {name: stats(values) for name, values in runs.items()}
     table = markdown(base, rows, args, evolution, build_s, separate_s, tau, tau_flops, tau_rows, built)
     command = "python benchmarks/search_widths.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    report = {"command": command.strip(), "settings": vars(args), "baseline": {"checkpoint": base_checkpoint, **base},
-              "widths": widths, "search": {**evolution.as_dict(), "full_width_estimate": estimator(space.largest())},
-              "supernet": built["training"], "prior_probabilities": [p.round(4).tolist() for p in prior.probabilities()],
-              "rows": rows, "runs": runs, "tau": {"kendall_tau": tau, "flops_only_tau": tau_flops, "subnets": tau_rows,
-                                                  "supernet_build_s": build_s, "separate_training_s": separate_s},
-              "seconds": time.perf_counter() - started}
+    report = {
+        "command": command.strip(),
+        "settings": vars(args),
+        "baseline": {"checkpoint": base_checkpoint, **base},
+        "widths": widths,
+        "search": {**evolution.as_dict(), "full_width_estimate": estimator(space.largest())},
+        "supernet": built["training"],
+        "prior_probabilities": [p.round(4).tolist() for p in prior.probabilities()],
+        "rows": rows,
+        "runs": runs,
+        "tau": {
+            "kendall_tau": tau,
+            "flops_only_tau": tau_flops,
+            "subnets": tau_rows,
+            "supernet_build_s": build_s,
+            "separate_training_s": separate_s,
+        },
+        "seconds": time.perf_counter() - started,
+    }
     out = Path(args.out)
     write_text(out / "results.json", json.dumps(report, indent=2) + "\n")
     write_text(out / "results.md", f"# Supernet width search\n\n`{report['command']}`\n\n{table}\n")
@@ -282,10 +362,12 @@ def markdown(base, rows, args, evolution, build_s, separate_s, tau, tau_flops, t
     lines.append(f"\nAP in points on {args.val_count} held-out frames, mean ± std over seeds "
                  f"{','.join(map(str, args.seeds))}; {args.imgsz} px; target {args.target:g} of the FLOPs; "
                  f"fine-tuning {args.finetune_epochs} epochs; CPU ms = ONNX Runtime median at batch 1.")
-    lines.append(f"\nSupernet: {args.supernet_epochs} epochs, {args.subnets_per_step} subnets per step, "
-                 f"{args.width_choices} widths per group, built in {build_s:.0f} s. Search: population {args.population}, "
-                 f"{args.generations} generations, {len(evolution.history)} candidates, {evolution.seconds:.0f} s; chosen "
-                 f"estimate {100 * evolution.fitness:.1f} mAP50 at {evolution.budget_value:.1%} FLOPs.")
+    lines.append(
+        f"\nSupernet: {args.supernet_epochs} epochs, {args.subnets_per_step} subnets per step, "
+        f"{args.width_choices} widths per group, built in {build_s:.0f} s. Search: population {args.population}, "
+        f"{args.generations} generations, {len(evolution.history)} candidates, {evolution.seconds:.0f} s; chosen "
+        f"estimate {100 * evolution.fitness:.1f} mAP50 at {evolution.budget_value:.1%} FLOPs."
+    )
     if not tau_rows:
         return "\n".join(lines) + "\n"
     lines.append(f"\nRank correlation over {len(tau_rows)} subnets (each cut from the baseline, fine-tuned "

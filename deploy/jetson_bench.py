@@ -37,7 +37,7 @@ class BenchError(Exception):
     """Printed as one line; exit status 2."""
 
 
-# --- latency record (the fields and rules of detprune.export.latency.LatencyStats) -------------------
+# --- latency record (the fields and rules of detprune.runtime.LatencyStats) -------------------
 
 
 def latency_record(samples_ms, *, device: str, input_shape, precision: str, warmup: int, extra: dict | None = None) -> dict:

@@ -1,4 +1,11 @@
-"""YAML recipes: the fields of a ``detprune`` subcommand, written down so a run can be repeated."""
+"""YAML recipes: the fields of a ``detprune`` subcommand, written down so a run can be repeated.
+
+A recipe is a mapping of field: value (``target-flops`` or ``target_flops``). A recipe that
+several commands share holds one section per command (``train:``, ``prune:``, ``finetune:``,
+each a mapping) beside the fields every one of them takes (``imgsz``, ``seed``, ``threads``):
+``detprune train --config r.yaml`` reads the shared fields and ``train:``. Read without naming
+a command, a recipe is a ``prune`` recipe (its shared fields and ``prune:``).
+"""
 
 from __future__ import annotations
 
@@ -8,9 +15,12 @@ import yaml
 
 from detprune.errors import BadInputError
 
+# commands whose section a shared recipe may hold
+SECTIONS = ("data", "train", "score", "prune", "search", "finetune", "eval", "export", "engine", "bench", "demo")
 
-def load_recipe(path: str | Path) -> dict:
-    """Read a recipe; keys may use dashes or underscores (``target-flops`` == ``target_flops``)."""
+
+def load_recipe(path: str | Path, command: str | None = None) -> dict:
+    """Read a recipe (for ``command``, default prune); keys may use dashes or underscores."""
     path = Path(path)
     if not path.is_file():
         raise BadInputError(f"{path}: recipe not found")
@@ -22,4 +32,11 @@ def load_recipe(path: str | Path) -> dict:
         raise BadInputError(f"{path}:{where} not valid YAML") from None
     if not isinstance(data, dict):
         raise BadInputError(f"{path}: a recipe is a mapping of field: value")
+    sections = {k: v for k, v in data.items() if k in SECTIONS and isinstance(v, dict)}
+    if sections:
+        chosen = command or "prune"
+        if chosen not in sections:
+            raise BadInputError(f"{path}: has sections {', '.join(sections)}, none for 'detprune {chosen}'")
+        shared = {k: v for k, v in data.items() if k not in sections}
+        data = {**shared, **sections[chosen]}
     return {str(k).replace("-", "_"): v for k, v in data.items()}

@@ -29,3 +29,23 @@ EVAL_MULTI_LABEL = False
 
 # What an evaluation may run on (``detprune eval --split``).
 EVAL_SPLITS = ("val", "train", "all")
+
+# --- the prune run's choices (detprune.workflow.config reads them; nothing else should) ---------
+# The criterion when images are given (--data / a dataset): the best measured data-driven
+# configuration, docs/benchmarks.md "Accuracy at the cut" (taylor / cost: 35.4 mAP50 at 50% of
+# the FLOPs on 2,000-frame k-fold KITTI, against 5.2 for L1 / global). The accuracy benchmark
+# (benchmarks/kitti_accuracy.py) decides it: change this line, and the allocation below follows.
+DATA_CRITERION = "taylor"
+# Without images only a data-free criterion can run.
+DATA_FREE_CRITERION = "magnitude"
+# Criteria whose widths the FLOPs/params knapsack ("cost") allocates by default; the others
+# rank globally. Measured best for each (docs/benchmarks.md, "Accuracy at the cut").
+COST_ALLOCATION_CRITERIA = ("taylor",)
+# Criteria that score without images (needs_data False): a cut by one of them is known to collapse at every depth
+# the benchmarks measured (compare_criteria: L1 kept 5.1 of 22.5 mAP50 at 70% of the FLOPs and
+# 3.5 at 50%; accuracy at the cut: 5.2 of 39.8 at 50%). No data-free depth measured was safe.
+DATA_FREE_WARNING = (
+    "a data-free cut ({criterion}) is known to collapse: L1 kept 5.1 of 22.5 mAP50 at 70% of the FLOPs and "
+    "5.2 of 39.8 at 50% after fine-tuning, and no data-free depth measured was safe (docs/benchmarks.md); "
+    "give --data to score on images (default then: {data_criterion}, {data_allocation} allocation)"
+)

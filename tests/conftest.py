@@ -1,9 +1,19 @@
-"""Shared fixtures: paths to the optional real data, a small synthetic KITTI set."""
+"""Shared fixtures: paths to the optional real data, a small synthetic KITTI set.
+
+Tests are grouped by layer (``unit/<layer>/``, ``cli/``, ``security/``, ``e2e/``); the helper
+modules beside this file (``pruning_toys``, ``rcnn_models``) are importable from every group.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+
+# the helper modules here, and the groups' modules, whose fixtures and builders other groups reuse
+# (``from test_saliency import make_batch``): every group folder is importable as a top-level module
+_TESTS = Path(__file__).resolve().parent
+sys.path[:0] = [str(_TESTS), *sorted(str(d) for d in _TESTS.glob("*/**") if d.is_dir() and d.name != "__pycache__")]
 
 import pytest
 
@@ -40,3 +50,15 @@ def synthetic_kitti(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synthetic") / "kitti"
     generate_scenes(root, num_images=12, seed=0, width=416, height=128)
     return root
+
+
+# Fixtures whose tests read the real data beside the repository (../shared): those tests are
+# marked ``shared`` and ``slow`` here, so `-m "not slow"` runs the quick suite without them.
+REAL_DATA_FIXTURES = {"kitti_tiny", "yolov5n_backbone"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if REAL_DATA_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.shared)
+            item.add_marker(pytest.mark.slow)

@@ -56,7 +56,9 @@ def make_batch(height: int = 96, width: int = 160, seed: int = 0, images: int = 
     ignore = [torch.tensor([False, False]), torch.tensor([False, True])]
     letterbox = Letterbox(scale=0.5, pad_x=0.0, pad_y=8.0)
     original = Sample("frame.png", width * 2, (height - 16) * 2)
-    return Batch(pixels[:images], boxes[:images], labels[:images], ignore[:images], [letterbox] * images, [original] * images)
+    return Batch(
+        pixels[:images], boxes[:images], labels[:images], ignore[:images], [letterbox] * images, [original] * images
+    )
 
 
 def assert_same(actual: torch.Tensor, expected: torch.Tensor, rel: float = 1e-5) -> None:
@@ -73,7 +75,7 @@ def assert_same(actual: torch.Tensor, expected: torch.Tensor, rel: float = 1e-5)
 
 def activation_widths(adapter, model: nn.Module, images: torch.Tensor) -> dict[str, set[int]]:
     """Channel counts each activation point outputs during one dense forward pass."""
-    from detprune.adapters.rcnn_coupling import dense_outputs
+    from detprune.adapters.rcnn.coupling import dense_outputs
 
     widths: dict[str, set[int]] = {}
     handles = [

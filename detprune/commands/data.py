@@ -20,11 +20,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     convert.add_argument("src", help="KITTI folder, YOLO folder or data yaml, dataset yaml, or COCO json")
     convert.add_argument("--to", required=True, choices=("yolo", "coco"), help="output format")
     convert.add_argument("--out", required=True, help="output folder")
-    convert.add_argument("--val-fraction", type=float, default=None, help="share of images for val when SRC has no splits (default 0.2)")
+    convert.add_argument(
+        "--val-fraction", type=float, default=None, help="share of images for val when SRC has no splits (default 0.2)"
+    )
     convert.add_argument("--val-count", type=int, default=None, help="number of val images instead of a fraction")
-    convert.add_argument("--val-list", default=None, metavar="FILE",
-                         help="frame ids of the val split, one a line (# comments); the rest is train. Listing every "
-                              "image (or --val-count of all) writes an evaluation-only set with an empty train split")
+    convert.add_argument(
+        "--val-list",
+        default=None,
+        metavar="FILE",
+        help="frame ids of the val split, one a line (# comments); the rest is train. Listing every "
+        "image (or --val-count of all) writes an evaluation-only set with an empty train split",
+    )
+    convert.add_argument(
+        "--val-data",
+        default=None,
+        metavar="DATA",
+        help="a separate validation set (folder or yaml), written as val; SRC is then all train",
+    )
+    convert.add_argument(
+        "--train-list",
+        default=None,
+        metavar="FILE",
+        help="frame ids of SRC to train on, one a line (# comments); the rest (or --val-list's, or "
+        "--val-data) is val",
+    )
     convert.add_argument("--seed", type=int, default=None, help="seed of the train/val split (default 0)")
     convert.add_argument("--split", default=None, help="convert only this split of SRC (COCO output)")
     _common(convert)
@@ -49,10 +68,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--class-map", default=None,
-        help="KITTI: kitti3 (default), kitti3-merged, kitti8 or a yaml mapping file; COCO: coco-traffic (default), coco-all",
+        "--class-map",
+        default=None,
+        help="KITTI: kitti3 (default), kitti3-merged, kitti8 or a yaml mapping file; "
+        "COCO: coco-traffic (default), coco-all",
     )
-    parser.add_argument("--skip-bad", action="store_true", help="leave out bad lines and images (counted) instead of failing")
+    parser.add_argument(
+        "--skip-bad", action="store_true", help="leave out bad lines and images (counted) instead of failing"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,23 +95,36 @@ def _skipped_note(*datasets) -> None:
 
 def _convert(args: argparse.Namespace) -> int:
     from detprune.data.convert import DATA_YAML, write_coco_dataset, write_yolo_dataset
-    from detprune.data.loader import load_dataset, load_train_val
+    from detprune.data.loader import load_dataset
     from detprune.errors import DetpruneError
+    from detprune.workflow.datasets import train_val_sets
 
     src, out = Path(args.src), Path(args.out)
-    check_output_folder(out, args.exist_ok, DATA_YAML if args.to == "yolo" else "annotations", "detprune data convert", src)
+    check_output_folder(
+        out, args.exist_ok, DATA_YAML if args.to == "yolo" else "annotations", "detprune data convert", src
+    )
     class_map = read_class_map(args.class_map)
     if args.split:
         if args.to == "yolo":
             raise DetpruneError("--split converts one split, but a YOLO dataset needs train and val; drop --split")
+        if args.val_data or args.train_list:
+            raise DetpruneError("--split converts one split of SRC; --val-data and --train-list make two")
         dataset = load_dataset(src, class_map=class_map, skip_bad=args.skip_bad, split=args.split)
         written = write_coco_dataset({args.split: dataset}, out, link=not args.copy)
         _skipped_note(dataset)
         print(f"wrote {written}/instances_{args.split}.json: {len(dataset)} images, {_objects(dataset)} objects")
         return 0
-    train, val = load_train_val(
-        src, class_map=class_map, skip_bad=args.skip_bad, val_fraction=args.val_fraction, val_count=args.val_count,
-        seed=args.seed, val_list=args.val_list, allow_empty_train=True,
+    train, val = train_val_sets(
+        src,
+        val_data=args.val_data,
+        train_list=args.train_list,
+        class_map=class_map,
+        skip_bad=args.skip_bad,
+        val_fraction=args.val_fraction,
+        val_count=args.val_count,
+        seed=args.seed,
+        val_list=args.val_list,
+        allow_empty_train=True,
     )
     if args.to == "yolo":
         written = write_yolo_dataset(train, val, out, link=not args.copy)
@@ -128,6 +164,8 @@ def _synth(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     check_output_folder(out, args.exist_ok, "synthetic.json", "detprune data synth")
-    root = generate_scenes(out, args.num_images, seed=args.seed, width=args.width, height=args.height, exist_ok=args.exist_ok)
+    root = generate_scenes(
+        out, args.num_images, seed=args.seed, width=args.width, height=args.height, exist_ok=args.exist_ok
+    )
     print(f"wrote {args.num_images} scenes ({args.width}x{args.height}, seed {args.seed}) to {root}")
     return 0

@@ -23,7 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timing-cache", help="timing cache file, reused between builds (default: beside the engine)")
     add_calibration_arguments(parser)
     parser.add_argument("--calib-cache", help="TensorRT 10 INT8 calibration cache, read if present and written after")
-    parser.add_argument("--channel-round", type=int, default=None, help="channel rounding the model was pruned with, for the record")
+    parser.add_argument(
+        "--channel-round", type=int, default=None, help="channel rounding the model was pruned with, for the record"
+    )
     parser.add_argument("--bench", action="store_true", help="time the engine after building it")
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--runs", type=int, default=200)
@@ -39,7 +41,9 @@ def run(args: argparse.Namespace) -> int:
     graph = load_onnx(args.onnx)
     source = graph_precision(graph)
     if source != "fp32" and source != args.precision:
-        raise BadInputError(f"{args.onnx} is a {source} graph; build it with --precision {source} or give the FP32 export")
+        raise BadInputError(
+            f"{args.onnx} is a {source} graph; build it with --precision {source} or give the FP32 export"
+        )
     needs_data = args.precision == "int8" and source == "fp32"
     if needs_data and not args.data and not (args.calib_cache and Path(args.calib_cache).is_file()):
         raise BadInputError("an INT8 engine from an FP32 graph needs --data DIR (calibration images)")
@@ -56,7 +60,10 @@ def run(args: argparse.Namespace) -> int:
 
     trt = import_tensorrt()
     gpu = current_gpu()
-    print(f"TensorRT {trt.__version__} on {gpu.name} (sm {gpu.compute_capability}); {source} graph -> {args.precision} engine")
+    print(
+        f"TensorRT {trt.__version__} on {gpu.name} (sm {gpu.compute_capability}); "
+        f"{source} graph -> {args.precision} engine"
+    )
     with tempfile.TemporaryDirectory(prefix="detprune-engine-") as work:
         onnx_path, calibration, extra = Path(args.onnx), None, {}
         if source == "fp32" and args.precision != "fp32":
@@ -66,13 +73,23 @@ def run(args: argparse.Namespace) -> int:
             elif args.precision == "int8" and args.data:
                 calibration = _calibration(args, input_shape)
         info = build_engine(
-            onnx_path, args.out, precision=args.precision, workspace_gib=args.workspace, batch=batch,
-            timing_cache=args.timing_cache, calibration=calibration, calibration_cache=args.calib_cache,
-            channel_round=args.channel_round, extra=extra,
+            onnx_path,
+            args.out,
+            precision=args.precision,
+            workspace_gib=args.workspace,
+            batch=batch,
+            timing_cache=args.timing_cache,
+            calibration=calibration,
+            calibration_cache=args.calib_cache,
+            channel_round=args.channel_round,
+            extra=extra,
         )
-    print(f"{args.out}: {info.precision} engine ({info.build_mode}), built in {info.build_seconds:.1f} s; sidecar {args.out}.json")
+    print(
+        f"{args.out}: {info.precision} engine ({info.build_mode}), built in {info.build_seconds:.1f} s; "
+        f"sidecar {args.out}.json"
+    )
     if args.bench:
-        from detprune.export.latency import measure_latency
+        from detprune.runtime import measure_latency
         from detprune.utils.atomic import write_text
 
         stats = measure_latency("tensorrt", args.out, input_shape, args.warmup, args.runs)

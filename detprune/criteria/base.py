@@ -24,10 +24,22 @@ ChannelScores = dict[str, torch.Tensor]
 class Criterion(ABC):
     name: ClassVar[str]
     needs_data: ClassVar[bool] = True
+    # Whether the criterion chooses each group's kept channels jointly at a given width
+    # (``removed_positions(coupled, group, count)``, CATRO's trace-ratio subset) rather than by
+    # its per-channel ranking: the prune run then lets it pick the channels at widths it did not
+    # allocate itself (--widths-from, the uniform allocation).
+    joint_subsets: ClassVar[bool] = False
 
     @abstractmethod
     def score(self, adapter: DetectorAdapter, model: nn.Module, batches: Iterable[Batch]) -> ChannelScores:
         """Score every output channel of every layer in ``adapter.activation_points(model)``."""
+
+    @classmethod
+    def option_names(cls) -> frozenset[str]:
+        """The options this criterion takes: its constructor's keywords (the one place they are read)."""
+        import inspect
+
+        return frozenset(inspect.signature(cls.__init__).parameters) - {"self"}
 
 
 _REGISTRY: dict[str, type[Criterion]] = {}
@@ -62,11 +74,16 @@ def available_criteria() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_criterion(name: str, **options) -> Criterion:
+def criterion_class(name: str) -> type[Criterion]:
+    """The registered class of ``name`` (its options: :meth:`Criterion.option_names`)."""
     _load_all()
     if name not in _REGISTRY:
         raise DetpruneError(f"unknown criterion {name!r}; choose from {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](**options)
+    return _REGISTRY[name]
+
+
+def get_criterion(name: str, **options) -> Criterion:
+    return criterion_class(name)(**options)
 
 
 def parse_options(pairs: list[str] | None) -> dict:
@@ -85,12 +102,11 @@ def parse_options(pairs: list[str] | None) -> dict:
 def build_criterion(name: str, options: dict | None = None, defaults: dict | None = None) -> Criterion:
     """The criterion ``name`` with ``options`` (each must be a keyword it takes) and ``defaults``
     (such as ``seed``, ``progress``: passed only where it takes them)."""
-    import inspect
-
-    cls = type(get_criterion(name))
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    accepted = criterion_class(name).option_names()
     unknown = sorted(set(options or {}) - accepted)
     if unknown:
-        raise DetpruneError(f"criterion {name!r} takes no option {', '.join(unknown)}; it takes {', '.join(sorted(accepted)) or 'none'}")
+        raise DetpruneError(
+            f"criterion {name!r} takes no option {', '.join(unknown)}; it takes {', '.join(sorted(accepted)) or 'none'}"
+        )
     merged = {k: v for k, v in (defaults or {}).items() if k in accepted}
     return get_criterion(name, **{**merged, **(options or {})})

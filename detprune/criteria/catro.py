@@ -228,7 +228,9 @@ class CatroStats:
         }
 
 
-def background_boxes(boxes: torch.Tensor, image_hw: tuple[int, int], count: int, rng: np.random.Generator, tries: int = 50) -> torch.Tensor:
+def background_boxes(
+    boxes: torch.Tensor, image_hw: tuple[int, int], count: int, rng: np.random.Generator, tries: int = 50
+) -> torch.Tensor:
     """Up to ``count`` boxes overlapping none of ``boxes``, sized like them (or 1/8-1/3 of the image)."""
     h, w = image_hw
     if len(boxes):
@@ -261,6 +263,7 @@ class CATRO(Criterion):
 
     name = "catro"
     needs_data = True
+    joint_subsets = True  # removed_positions: the trace-ratio subset of a given width
 
     def __init__(
         self,
@@ -278,7 +281,9 @@ class CATRO(Criterion):
             raise DetpruneError("catro: samples_per_class >= 2, roi_size >= 1 and 0 < keep_fraction <= 1")
         ridge = float(ridge)
         if not ridge >= 0.0:
-            raise DetpruneError(f"catro: ridge must be >= 0 (0 = the paper's ratio, inf = between-class scatter), got {ridge}")
+            raise DetpruneError(
+                f"catro: ridge must be >= 0 (0 = the paper's ratio, inf = between-class scatter), got {ridge}"
+            )
         self.ridge = ridge
         self.samples_per_class = samples_per_class
         self.roi_size = roi_size
@@ -307,7 +312,9 @@ class CATRO(Criterion):
             scores[name] = torch.from_numpy(marginal_gains(b, w, solution.ratio, self.ridge))
         return scores
 
-    def kept_sets(self, adapter: DetectorAdapter, model: nn.Module, batches: Iterable[Batch], keep_fraction: float | None = None) -> dict[str, list[int]]:
+    def kept_sets(
+        self, adapter: DetectorAdapter, model: nn.Module, batches: Iterable[Batch], keep_fraction: float | None = None
+    ) -> dict[str, list[int]]:
         """{layer: the channels CATRO keeps}, ``round(keep_fraction * C)`` of them (at least 1)."""
         fraction = self.keep_fraction if keep_fraction is None else keep_fraction
         if not 0.0 < fraction <= 1.0:
@@ -347,7 +354,9 @@ class CATRO(Criterion):
         return solution
 
     # --- statistics ----------------------------------------------------------------------------
-    def statistics(self, adapter: DetectorAdapter, model: nn.Module, batches: Iterable[Batch]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def statistics(
+        self, adapter: DetectorAdapter, model: nn.Module, batches: Iterable[Batch]
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """{layer: (b, w)} per-channel trace shares, from one no-grad forward per batch read."""
         points = adapter.activation_points(model)
         if not points:
@@ -369,7 +378,9 @@ class CATRO(Criterion):
                 if name in current["seen"]:
                     return  # a module called again in the same forward: its first call counts
                 current["seen"].add(name)
-                if not (isinstance(output, torch.Tensor) and output.dim() == 4 and output.shape[0] == current["images"]):
+                if not (
+                    isinstance(output, torch.Tensor) and output.dim() == 4 and output.shape[0] == current["images"]
+                ):
                     no_geometry.add(name)
                     return
                 rois, labels, input_w = current["rois"], current["labels"], current["input_w"]
@@ -390,7 +401,9 @@ class CATRO(Criterion):
                             break
                         continue
                     batch = batch.to(device)
-                    current.update(rois=rois, labels=labels, images=len(batch), input_w=batch.images.shape[-1], seen=set())
+                    current.update(
+                        rois=rois, labels=labels, images=len(batch), input_w=batch.images.shape[-1], seen=set()
+                    )
                     adapter.predict(model, batch, conf=0.99, max_det=1)  # the forward pass; detections unused
                     stats.batches += 1
                     stats.forward_passes += 1
@@ -416,7 +429,9 @@ class CATRO(Criterion):
             not self.background or counts.get(BACKGROUND, 0) >= self.samples_per_class
         )
 
-    def _samples(self, batch: Batch, counts: dict[int, int], rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def _samples(
+        self, batch: Batch, counts: dict[int, int], rng: np.random.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """RoIs ``(N, 5)`` (image index, xyxy input pixels) and class ids of the samples this batch adds."""
         rois, labels = [], []
         hw = tuple(batch.images.shape[-2:])

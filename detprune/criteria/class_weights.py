@@ -48,7 +48,9 @@ def check_class_weights(weights: Mapping[str, Any] | None, class_names: Sequence
     if class_names is not None:
         unknown = [n for n in checked if n not in class_names]
         if unknown:
-            raise DetpruneError(f"unknown class(es) {', '.join(unknown)} in the class weights; known: {', '.join(class_names)}")
+            raise DetpruneError(
+                f"unknown class(es) {', '.join(unknown)} in the class weights; known: {', '.join(class_names)}"
+            )
     return checked
 
 
@@ -86,7 +88,9 @@ def _read_mapping(path: Path) -> Any:
     return data
 
 
-def weight_table(weights: Mapping[str, float] | None, class_names: Sequence[str], who: str = "class weights") -> torch.Tensor | None:
+def weight_table(
+    weights: Mapping[str, float] | None, class_names: Sequence[str], who: str = "class weights"
+) -> torch.Tensor | None:
     """float64 weight per label id (the model's class order), or None when every weight is 1."""
     checked = check_class_weights(weights)
     if not checked:
@@ -125,7 +129,7 @@ def weighted_loss(adapter, model, batch, table: torch.Tensor | None, who: str) -
     """
     if table is None:
         return adapter.detection_loss(model, batch)
-    weigh = getattr(adapter, "weighted_detection_loss", None)
+    weigh = adapter.weighted_detection_loss
     if weigh is None:
         raise DetpruneError(f"{who} cannot weigh classes with the {getattr(adapter, 'family', type(adapter).__name__)} "
                             "adapter: its detection loss has no per-box weights")

@@ -1,7 +1,8 @@
 """Data-free criteria from the weights alone: filter magnitude and BatchNorm scale.
 
 * ``l1`` / ``l2`` (``magnitude`` = ``l1``): the L1 or L2 norm of each output channel's filter
-  (its kernel weights; the bias is not part of the filter). Source: H. Li, A. Kadav, I. Durdanovic, H. Samet and H. P. Graf,
+  (its kernel weights; the bias is not part of the filter). Source: H. Li, A. Kadav, I. Durdanovic, H. Samet and H. P.
+  Graf,
   "Pruning Filters for Efficient ConvNets", ICLR 2017, which ranks filters by the sum of
   their absolute weights.
 * ``bn-scale`` (alias ``bn``): ``|gamma|`` of the BatchNorm that directly follows the conv.
@@ -51,7 +52,10 @@ class _FilterNorm(Criterion):
     p: float = 1.0
 
     def score(self, adapter: DetectorAdapter, model: nn.Module, batches: Iterable[Batch] = ()) -> ChannelScores:
-        return {name: torch.linalg.vector_norm(_filters(layer), ord=self.p, dim=1) for name, layer in _layers(adapter, model).items()}
+        return {
+            name: torch.linalg.vector_norm(_filters(layer), ord=self.p, dim=1)
+            for name, layer in _layers(adapter, model).items()
+        }
 
     def options(self) -> dict:
         return {}

@@ -43,7 +43,9 @@ def pick_layers(names: Sequence[str], count: int = 3) -> list[str]:
 
 def image_with_boxes(image: torch.Tensor, boxes: torch.Tensor, ignore: torch.Tensor) -> np.ndarray:
     """(H, W, 3) uint8 RGB of a (3, H, W) [0, 1] image, GT boxes drawn (ignore regions grey)."""
-    canvas = np.ascontiguousarray((image.detach().float().cpu().clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8))
+    canvas = np.ascontiguousarray(
+        (image.detach().float().cpu().clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    )
     thickness = max(1, round(min(canvas.shape[:2]) / 200))
     for box, skip in zip(boxes.detach().cpu().tolist(), ignore.detach().cpu().tolist()):
         x1, y1, x2, y2 = (int(round(v)) for v in box)
@@ -105,13 +107,16 @@ def plot_saliency_overlays(
         rows, cols = content_window(batch, b, hw)
 
         def crop(values: np.ndarray) -> np.ndarray:
-            return values[rows, cols]
+            return values[rows, cols]  # noqa: B023  (used within the iteration)
 
         view = crop(picture)
         view_hw = view.shape[:2]
         columns = 5
         fig, axes = plt.subplots(
-            max(1, len(layers)), columns, figsize=(columns * 3.4, max(1, len(layers)) * (3.4 * view_hw[0] / view_hw[1] + 0.4) + 0.2), squeeze=False
+            max(1, len(layers)),
+            columns,
+            figsize=(columns * 3.4, max(1, len(layers)) * (3.4 * view_hw[0] / view_hw[1] + 0.4) + 0.2),
+            squeeze=False,
         )
         for row, name in enumerate(layers):
             channel_maps = maps.channels[name][b]
@@ -119,7 +124,12 @@ def plot_saliency_overlays(
             order = torch.as_tensor(order).argsort(descending=True)
             top, bottom = int(order[0]), int(order[-1])
             _overlay(axes[row, 0], view, None, f"{name}\nimage, GT boxes")
-            _overlay(axes[row, 1], view, crop(upsample(maps.weights[name][b], hw)), f"weight map M {tuple(maps.weights[name].shape[-2:])}")
+            _overlay(
+                axes[row, 1],
+                view,
+                crop(upsample(maps.weights[name][b], hw)),
+                f"weight map M {tuple(maps.weights[name].shape[-2:])}",
+            )
             _overlay(axes[row, 2], view, crop(upsample(channel_maps.sum(0), hw)), "M |A dU/dA|, all channels")
             _overlay(axes[row, 3], view, crop(upsample(channel_maps[top], hw)), f"top channel {top}")
             _overlay(axes[row, 4], view, crop(upsample(channel_maps[bottom], hw)), f"bottom channel {bottom}")
@@ -129,7 +139,9 @@ def plot_saliency_overlays(
     return written
 
 
-def plot_score_distributions(scores: Mapping[str, torch.Tensor], path: str | Path, *, title: str = "channel scores per layer") -> Path:
+def plot_score_distributions(
+    scores: Mapping[str, torch.Tensor], path: str | Path, *, title: str = "channel scores per layer"
+) -> Path:
     """Horizontal box plot per layer, log scale; a layer's zeros are counted in its label."""
     names = list(scores)
     data, labels = [], []

@@ -139,7 +139,9 @@ def select_images(batch: Batch, keep: list[int]) -> Batch:
 
 def compute_utility(adapter: DetectorAdapter, model: nn.Module, batch: Batch, utility: str) -> torch.Tensor:
     """The scalar whose gradient the saliency follows (see the module docstring)."""
-    value = adapter.detection_utility(model, batch) if utility == "confidence" else -adapter.detection_loss(model, batch)
+    value = (
+        adapter.detection_utility(model, batch) if utility == "confidence" else -adapter.detection_loss(model, batch)
+    )
     if not isinstance(value, torch.Tensor) or value.numel() != 1:
         raise DetpruneError(f"{type(adapter).__name__}: the {utility} utility must be a scalar tensor")
     return value.reshape(())
@@ -159,8 +161,15 @@ class BatchWeightMaps:
         """(B, h, w) weights in ``like``'s dtype and device."""
         key = (map_hw, like.dtype, like.device)
         if key not in self._cache:
-            maps = batch_weight_maps(self.batch.boxes, ignore_masks(self.batch), self.input_hw, map_hw, self.spec, like.device,
-                                     self.box_weights)
+            maps = batch_weight_maps(
+                self.batch.boxes,
+                ignore_masks(self.batch),
+                self.input_hw,
+                map_hw,
+                self.spec,
+                like.device,
+                self.box_weights,
+            )
             self._cache[key] = maps.to(dtype=like.dtype)
         return self._cache[key]
 

@@ -26,5 +26,7 @@ class Snip(FirstOrderTaylor):
 
     name = "snip"
 
-    def __init__(self, class_weights: Mapping[str, float] | None = None, seed: int | None = 0, progress: bool = True) -> None:
+    def __init__(
+        self, class_weights: Mapping[str, float] | None = None, seed: int | None = 0, progress: bool = True
+    ) -> None:
         super().__init__(reduction="abs", class_weights=class_weights, seed=seed, progress=progress)

@@ -123,7 +123,9 @@ class FirstOrderTaylor(Criterion):
         groups = {}
         for name, conv in convs.items():
             dim = channel_dim(conv)
-            members = [(p, dim if p.dim() > 1 else 0) for p in (conv.weight, getattr(conv, "bias", None)) if p is not None]
+            members = [
+                (p, dim if p.dim() > 1 else 0) for p in (conv.weight, getattr(conv, "bias", None)) if p is not None
+            ]
             norm = self.norms.get(name)
             if norm is not None and getattr(norm, "weight", None) is not None:
                 members += [(norm.weight, 0), (norm.bias, 0)]
@@ -162,8 +164,11 @@ class FirstOrderTaylor(Criterion):
                 if groups is None:
                     with NormTracer(model, convs) as tracer:
                         loss = weighted_loss(adapter, model, batch, table, self.name)
-                    self.norms = {name: norm for name, norm in tracer.found.items()
-                                  if getattr(norm, "num_features", getattr(norm, "num_channels", None)) == _width(convs[name])}
+                    self.norms = {
+                        name: norm
+                        for name, norm in tracer.found.items()
+                        if getattr(norm, "num_features", getattr(norm, "num_channels", None)) == _width(convs[name])
+                    }
                     groups = self._groups(convs)
                 else:
                     loss = weighted_loss(adapter, model, batch, table, self.name)

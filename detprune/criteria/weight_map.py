@@ -71,7 +71,9 @@ class WeightMapSpec:
         if not self.context >= 0 or not self.background >= 0:
             raise DetpruneError(f"context ({self.context}) and background ({self.background}) must be >= 0")
         if not self.context_scale >= 1:
-            raise DetpruneError(f"context_scale must be >= 1 (the ring is the box grown by it), got {self.context_scale}")
+            raise DetpruneError(
+                f"context_scale must be >= 1 (the ring is the box grown by it), got {self.context_scale}"
+            )
         if self.overlap not in ("sum", "max"):
             raise DetpruneError(f"overlap must be 'sum' or 'max', got {self.overlap!r}")
 
@@ -126,10 +128,19 @@ def batch_weight_maps(
     device = torch.device(device or "cpu")
     h, w = (int(v) for v in map_hw)
     count = len(boxes)
-    all_boxes = torch.cat([b.detach().reshape(-1, 4).to(device, torch.float64) for b in boxes]) if count else torch.zeros(0, 4)
-    image = torch.cat([torch.full((len(b.reshape(-1, 4)),), i, dtype=torch.long) for i, b in enumerate(boxes)]).to(device) \
-        if count else torch.zeros(0, dtype=torch.long)
-    flags = torch.cat([i.detach().reshape(-1).to(device, torch.bool) for i in ignore]) if count else torch.zeros(0, dtype=torch.bool)
+    all_boxes = (
+        torch.cat([b.detach().reshape(-1, 4).to(device, torch.float64) for b in boxes]) if count else torch.zeros(0, 4)
+    )
+    image = (
+        torch.cat([torch.full((len(b.reshape(-1, 4)),), i, dtype=torch.long) for i, b in enumerate(boxes)]).to(device)
+        if count
+        else torch.zeros(0, dtype=torch.long)
+    )
+    flags = (
+        torch.cat([i.detach().reshape(-1).to(device, torch.bool) for i in ignore])
+        if count
+        else torch.zeros(0, dtype=torch.bool)
+    )
     if len(flags) != len(all_boxes):
         raise DetpruneError(f"{len(all_boxes)} boxes but {len(flags)} ignore flags")
 

@@ -23,11 +23,16 @@ RECT_PAD = 0.5  # strides of border ultralytics' val rect adds (its dataset ``pa
 
 
 def as_hw(imgsz: int | Sequence[int]) -> tuple[int, int]:
-    """``640`` -> ``(640, 640)``; ``(384, 1280)`` stays (height, width)."""
-    if isinstance(imgsz, int):
-        return imgsz, imgsz
+    """``640`` -> ``(640, 640)``; ``(384, 1280)`` stays (height, width); each side 1 to 8192 (one-line error)."""
+    from detprune.utils.numbers import image_size
+
+    if not isinstance(imgsz, (list, tuple, np.ndarray)):
+        side = image_size(imgsz, "imgsz")
+        return side, side
+    if len(imgsz) != 2:
+        raise BadInputError(f"imgsz must be one size or (height, width), got {imgsz!r}")
     h, w = imgsz
-    return int(h), int(w)
+    return image_size(h, "imgsz height"), image_size(w, "imgsz width")
 
 
 def read_image(path) -> np.ndarray:
@@ -86,7 +91,9 @@ def rect_shape(sizes: Sequence[tuple[int, int]], imgsz: int | Sequence[int], str
     return h, w
 
 
-def letterbox(image: np.ndarray, imgsz: int | Sequence[int], scale: float | None = None) -> tuple[np.ndarray, Letterbox]:
+def letterbox(
+    image: np.ndarray, imgsz: int | Sequence[int], scale: float | None = None
+) -> tuple[np.ndarray, Letterbox]:
     """Resize keeping the aspect ratio to fit (H, W) (or by ``scale``), pad the rest symmetrically."""
     out_h, out_w = as_hw(imgsz)
     h, w = image.shape[:2]

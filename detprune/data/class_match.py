@@ -60,7 +60,7 @@ def align_classes(
         names[model_label] = dataset.class_names[data_label]
     samples = [
         Sample(s.image_path, s.width, s.height, s.boxes, np.where(s.labels >= 0, lookup[s.labels.clip(0)], s.labels),
-               s.ignore, s.truncation, s.occlusion)
+               s.ignore, s.truncation, s.occlusion, s.source)
         for s in dataset.samples
     ]
-    return DetectionSet(names, samples, name=dataset.name, skipped=dataset.skipped)
+    return DetectionSet(names, samples, name=dataset.name, skipped=dataset.skipped, deviation=dataset.deviation)

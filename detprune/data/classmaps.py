@@ -29,7 +29,10 @@ KITTI_CLASSES: tuple[str, ...] = (
     "Car", "Van", "Truck", "Pedestrian", "Person_sitting", "Cyclist", "Tram", "Misc",
 )
 DONT_CARE = "DontCare"
-KITTI_TYPES: frozenset[str] = frozenset(KITTI_CLASSES + (DONT_CARE,))
+# Van, Truck and Tram merged into one class by public copies of KITTI (kitti_2k): the devkit's
+# neighbour rule can then only treat the whole merged class as Van, an ignore box of Car.
+OTHER_VEHICLE = "OtherVehicle"
+KITTI_TYPES: frozenset[str] = frozenset(KITTI_CLASSES + (DONT_CARE, OTHER_VEHICLE))
 
 COCO_TRAFFIC: tuple[str, ...] = (
     "person", "bicycle", "car", "motorcycle", "bus", "truck", "traffic light", "stop sign",
@@ -68,6 +71,8 @@ def _kitti_map(name: str, class_names: tuple[str, ...], objects: dict[str, str],
     rules = {raw: Rule(index[target]) for raw, target in objects.items()}
     rules.update({raw: Rule(index[target], ignore=True) for raw, target in ignored.items()})
     rules[DONT_CARE] = Rule(IGNORE_REGION, ignore=True)
+    # a map that cannot split the merged class back (kitti8) makes it a class-less ignore region
+    rules.setdefault(OTHER_VEHICLE, Rule(IGNORE_REGION, ignore=True))
     return ClassMap(name, class_names, rules, KITTI_TYPES)
 
 
@@ -76,12 +81,13 @@ NAMED_MAPS: dict[str, ClassMap] = {
         "kitti3",
         ("Car", "Pedestrian", "Cyclist"),
         {"Car": "Car", "Pedestrian": "Pedestrian", "Cyclist": "Cyclist"},
-        {"Van": "Car", "Person_sitting": "Pedestrian"},
+        {"Van": "Car", OTHER_VEHICLE: "Car", "Person_sitting": "Pedestrian"},
     ),
     "kitti3-merged": _kitti_map(
         "kitti3-merged",
         ("car", "pedestrian", "cyclist"),
-        {"Car": "car", "Van": "car", "Tram": "car", "Truck": "car", "Pedestrian": "pedestrian", "Cyclist": "cyclist"},
+        {"Car": "car", "Van": "car", "Tram": "car", "Truck": "car", OTHER_VEHICLE: "car", "Pedestrian": "pedestrian",
+         "Cyclist": "cyclist"},
         {},
     ),
     "kitti8": _kitti_map("kitti8", KITTI_CLASSES, {c: c for c in KITTI_CLASSES}, {}),

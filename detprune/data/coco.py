@@ -20,6 +20,7 @@ from detprune.data import validation as v
 from detprune.data.classmaps import COCO_TRAFFIC
 from detprune.data.types import DetectionSet, Sample
 from detprune.errors import BadInputError
+from detprune.utils.numbers import whole_number
 
 
 def load_json(path: Path) -> dict:
@@ -75,10 +76,12 @@ def read_coco(
     images = {}
     for number, image in enumerate(data["images"]):
         try:
-            images[image["id"]] = (str(image["file_name"]), int(image["width"]), int(image["height"]))
-        except (KeyError, TypeError, ValueError, IndexError):
+            images[image["id"]] = (str(image["file_name"]), whole_number(image["width"], "width", low=1),
+                                   whole_number(image["height"], "height", low=1))
+        except (KeyError, TypeError, ValueError, IndexError, OverflowError, BadInputError):
             name = image.get("id", "?") if isinstance(image, dict) else f"#{number} ({type(image).__name__})"
-            problems.report(v.MALFORMED_LINE, f"{path}: image entry {name} lacks id/file_name/width/height")
+            problems.report(v.MALFORMED_LINE, f"{path}: image entry {name} lacks id/file_name or a positive whole "
+                                              "width/height")
     if not images:
         raise BadInputError(f"{path}: no images listed; is this an empty annotation file?")
 
@@ -101,12 +104,16 @@ def read_coco(
         file_name, width, height = images[image_id]
         image_path = images_dir / file_name
         if not image_path.is_file():
-            problems.report(v.LABEL_WITHOUT_IMAGE, f"{path}: image id {image_id} ({file_name}) not found in {images_dir}")
+            problems.report(
+                v.LABEL_WITHOUT_IMAGE, f"{path}: image id {image_id} ({file_name}) not found in {images_dir}"
+            )
             continue
         boxes = np.array([e[0] for e in entries], np.float32).reshape(-1, 4)
         samples.append(Sample(image_path, width, height, boxes, [e[1] for e in entries], [e[2] for e in entries]))
     if not samples:
-        raise BadInputError(f"{path}: no image with a box of {', '.join(targets)} ({problems.summary() or 'none skipped'})")
+        raise BadInputError(
+            f"{path}: no image with a box of {', '.join(targets)} ({problems.summary() or 'none skipped'})"
+        )
     return DetectionSet(class_names, samples, name=path.stem, skipped=problems.log_summary())
 
 
@@ -115,7 +122,11 @@ def _category_ids(categories: list, path: Path) -> dict[str, int]:
     found = []
     for number, category in enumerate(categories):
         if not isinstance(category, dict) or "name" not in category or "id" not in category:
-            what = category.get("id", f"#{number}") if isinstance(category, dict) else f"#{number} ({type(category).__name__})"
+            what = (
+                category.get("id", f"#{number}")
+                if isinstance(category, dict)
+                else f"#{number} ({type(category).__name__})"
+            )
             raise BadInputError(f"{path}: category {what} has no 'name' and 'id'; every COCO category needs both")
         found.append((category["id"], str(category["name"])))
     try:

@@ -68,7 +68,9 @@ def split_by_ids(
     unknown = [i for i in ids if i not in index]
     if unknown:
         more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
-        raise BadInputError(f"{source}: frame id {unknown[0]!r}{more} is not in dataset '{dataset.name}' ({len(dataset)} images)")
+        raise BadInputError(
+            f"{source}: frame id {unknown[0]!r}{more} is not in dataset '{dataset.name}' ({len(dataset)} images)"
+        )
     chosen = set(index[i] for i in ids)
     if not chosen:
         raise BadInputError(f"{source}: lists no frame id")
@@ -168,7 +170,9 @@ def write_coco_dataset(splits: dict[str, DetectionSet], out_dir: str | Path, *, 
             for sample in dataset:
                 name = sample.image_path.name
                 if name in taken:
-                    raise BadInputError(f"{sample.image_path}: same file name as another image in split '{split}'; rename one")
+                    raise BadInputError(
+                        f"{sample.image_path}: same file name as another image in split '{split}'; rename one"
+                    )
                 taken.add(name)
                 names[sample.image_path] = name
                 place_image(sample.image_path, tmp / split / name, link)

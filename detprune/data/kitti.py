@@ -8,6 +8,7 @@ coordinates), rotation_y. Result files add a 16th field, the score.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -15,6 +16,7 @@ import numpy as np
 
 from detprune.data import validation as v
 from detprune.data.classmaps import ClassMapSpec, get_class_map
+from detprune.data.kitti_deviation import kitti_deviation
 from detprune.data.types import DetectionSet, Detections, Sample
 from detprune.errors import BadInputError
 from detprune.utils.progress import progress_bar
@@ -78,11 +80,14 @@ def read_kitti(
     ``class_map`` is a name from :mod:`detprune.data.classmaps`, a dict or a ClassMap.
     ``frame_ids`` restricts the read to those frames (a split list such as ``ImageSets/val.txt``).
     Bad input raises :class:`BadInputError` naming the file and line, or with ``skip_bad`` is
-    left out and counted in ``DetectionSet.skipped``.
+    left out and counted in ``DetectionSet.skipped``. Labels that depart from KITTI's (the merged
+    ``OtherVehicle``, no ``DontCare``) are named in ``DetectionSet.deviation``.
     """
     dirs = find_kitti_dirs(root)
     if dirs is None:
-        raise BadInputError(f"{root}: not a KITTI folder (expected image_2/ and label_2/, or training/image_2/ and training/label_2/)")
+        raise BadInputError(
+            f"{root}: not a KITTI folder (expected image_2/ and label_2/, or training/image_2/ and training/label_2/)"
+        )
     image_dir, label_dir = dirs
     cmap = get_class_map(class_map)
     problems = v.BadInputs(root, skip_bad)
@@ -93,7 +98,9 @@ def read_kitti(
         wanted = [str(f).strip() for f in frame_ids if str(f).strip()]
         missing = [f for f in wanted if not (label_dir / f"{f}.txt").is_file()]
         if missing:
-            raise BadInputError(f"{label_dir}: split lists {len(missing)} frame(s) without a label file, e.g. {missing[0]}")
+            raise BadInputError(
+                f"{label_dir}: split lists {len(missing)} frame(s) without a label file, e.g. {missing[0]}"
+            )
         keep = set(wanted)
         label_files = [p for p in label_files if p.stem in keep]
         images = {k: p for k, p in images.items() if k in keep}
@@ -103,17 +110,18 @@ def read_kitti(
     for stem in sorted(set(images) - {p.stem for p in label_files}):
         problems.report(v.IMAGE_WITHOUT_LABEL, f"{images[stem]}: image has no label file in {label_dir}")
 
-    samples = []
+    samples, types = [], Counter()
     for label_path in progress_bar(
         label_files, total=len(label_files), desc="reading KITTI labels", disable=not progress or len(label_files) < 500
     ):
-        sample = _read_frame(label_path, images.get(label_path.stem), cmap, problems)
+        sample = _read_frame(label_path, images.get(label_path.stem), cmap, problems, types)
         if sample is not None:
             samples.append(sample)
     if not samples:
         raise BadInputError(f"{root}: no usable frames ({problems.summary() or 'none found'})")
     skipped = problems.log_summary()
-    return DetectionSet(list(cmap.class_names), samples, name=Path(root).resolve().name, skipped=skipped)
+    return DetectionSet(list(cmap.class_names), samples, name=Path(root).resolve().name, skipped=skipped,
+                        deviation=kitti_deviation(types, cmap))
 
 
 def _parsed_lines(path: Path, problems: v.BadInputs, text: str | None = None):
@@ -129,9 +137,13 @@ def _parsed_lines(path: Path, problems: v.BadInputs, text: str | None = None):
                 yield place, *parsed
 
 
-def _read_frame(label_path: Path, image_path: Path | None, cmap, problems: v.BadInputs) -> Sample | None:
+def _read_frame(
+    label_path: Path, image_path: Path | None, cmap, problems: v.BadInputs, types: Counter
+) -> Sample | None:
     if image_path is None:
-        problems.report(v.LABEL_WITHOUT_IMAGE, f"{label_path}: no image {label_path.stem}.png/.jpg/.jpeg beside it in image_2/")
+        problems.report(
+            v.LABEL_WITHOUT_IMAGE, f"{label_path}: no image {label_path.stem}.png/.jpg/.jpeg beside it in image_2/"
+        )
         return None
     size = v.readable_size(image_path, problems)
     if size is None:
@@ -140,15 +152,17 @@ def _read_frame(label_path: Path, image_path: Path | None, cmap, problems: v.Bad
     text = v.read_label_text(label_path, problems)
     if text is None:  # not a text file: the frame is left out, never read as one without objects
         return None
-    boxes, labels, ignore, truncation, occlusion = [], [], [], [], []
+    boxes, labels, ignore, truncation, occlusion, sources = [], [], [], [], [], []
     for place, raw, numbers in _parsed_lines(label_path, problems, text):
         try:
             rule = cmap.lookup(raw)
         except KeyError:
             problems.report(
-                v.UNKNOWN_CLASS, f"{place}: unknown class {raw!r} (class map {cmap.name} knows {', '.join(sorted(cmap.known))})"
+                v.UNKNOWN_CLASS,
+                f"{place}: unknown class {raw!r} (class map {cmap.name} knows {', '.join(sorted(cmap.known))})",
             )
             continue
+        types[raw] += 1
         box = tuple(numbers[3:7])
         if not v.check_box(problems, place, box, width, height) or rule is None:
             continue
@@ -157,7 +171,18 @@ def _read_frame(label_path: Path, image_path: Path | None, cmap, problems: v.Bad
         ignore.append(rule.ignore)
         truncation.append(min(max(numbers[0], 0.0), 1.0))  # DontCare writes -1
         occlusion.append(int(numbers[1]) if 0 <= numbers[1] <= 3 else 3)  # -1 -> unknown
-    return Sample(image_path, width, height, np.array(boxes, np.float64).reshape(-1, 4), labels, ignore, truncation, occlusion)
+        sources.append(raw)
+    return Sample(
+        image_path,
+        width,
+        height,
+        np.array(boxes, np.float64).reshape(-1, 4),
+        labels,
+        ignore,
+        truncation,
+        occlusion,
+        sources,
+    )
 
 
 def read_frame_ids(path: str | Path) -> list[str]:
@@ -205,7 +230,9 @@ def read_kitti_results(result_dir: str | Path, class_names: Sequence[str]) -> di
                 problems.report(v.MALFORMED_LINE, f"{place}: a result line needs the 16th field, the score")
                 continue
             if raw not in index:
-                problems.report(v.UNKNOWN_CLASS, f"{place}: unknown class {raw!r} (expected one of {', '.join(class_names)})")
+                problems.report(
+                    v.UNKNOWN_CLASS, f"{place}: unknown class {raw!r} (expected one of {', '.join(class_names)})"
+                )
                 continue
             boxes.append(numbers[3:7])
             scores.append(numbers[14])

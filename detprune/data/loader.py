@@ -30,6 +30,7 @@ from detprune.data.yolo_format import (
     is_yolo_dir, load_yaml, read_yolo_dir, read_yolo_yaml, remap_classes, resolve_root, yolo_splits,
 )
 from detprune.errors import BadInputError
+from detprune.utils.numbers import real_number, whole_number
 
 YAML_SUFFIXES = (".yaml", ".yml")
 COCO_CATEGORY_SETS = {"coco-traffic": COCO_TRAFFIC, "coco-all": None}
@@ -133,7 +134,9 @@ def load_whole(spec: str | Path, *, class_map=None, skip_bad: bool = False) -> D
     if list(train.class_names) != list(val.class_names):
         raise BadInputError(f"{path}: train and val class names differ: {train.class_names} vs {val.class_names}")
     skipped = {k: train.skipped.get(k, 0) + val.skipped.get(k, 0) for k in {**train.skipped, **val.skipped}}
-    return DetectionSet(list(train.class_names), train.samples + val.samples, name=train.name, skipped=skipped)
+    deviation = "; ".join(dict.fromkeys(d for d in (train.deviation, val.deviation) if d))
+    return DetectionSet(list(train.class_names), train.samples + val.samples, name=train.name, skipped=skipped,
+                        deviation=deviation)
 
 
 def load_eval_split(
@@ -216,13 +219,17 @@ def _coco_categories(class_map) -> Sequence[str] | dict | None:
         return COCO_TRAFFIC
     if isinstance(class_map, str):
         if class_map not in COCO_CATEGORY_SETS:
-            raise BadInputError(f"unknown COCO category set '{class_map}'; choose {', '.join(COCO_CATEGORY_SETS)} or a list")
+            raise BadInputError(
+                f"unknown COCO category set '{class_map}'; choose {', '.join(COCO_CATEGORY_SETS)} or a list"
+            )
         return COCO_CATEGORY_SETS[class_map]
     if isinstance(class_map, (list, tuple)):
         return [str(c) for c in class_map]
     if isinstance(class_map, dict):  # category name -> class name (several may merge), None drops
         return {str(k): (None if v is None else str(v)) for k, v in class_map.items()}
-    raise BadInputError("a COCO source takes a list of category names, or a mapping category -> class name, as its class map")
+    raise BadInputError(
+        "a COCO source takes a list of category names, or a mapping category -> class name, as its class map"
+    )
 
 
 def coco_images_dir(json_path: Path) -> Path:
@@ -242,8 +249,18 @@ def _yaml_split_defaults(path: Path) -> dict:
     if path.suffix in YAML_SUFFIXES and path.is_file():
         data = load_yaml(path)
         if "format" in data:
-            return {k: data[k] for k in ("val_fraction", "val_count", "seed") if k in data}
+            return split_settings(path, data)
     return {}
+
+
+def split_settings(path: Path, data: dict) -> dict:
+    """``val_fraction``, ``val_count``, ``seed`` of a dataset yaml, checked: a typo is one line, not a traceback."""
+    checks = {
+        "val_fraction": lambda x: real_number(x, f"{path}: val_fraction", low=0.0, high=1.0, low_open=True),
+        "val_count": lambda x: whole_number(x, f"{path}: val_count", low=1),
+        "seed": lambda x: whole_number(x, f"{path}: seed", low=0, high=2**32 - 1),
+    }
+    return {key: check(data[key]) for key, check in checks.items() if data.get(key) is not None}
 
 
 def _from_yaml(path: Path, class_map, skip_bad: bool, split: str | None) -> DetectionSet:
@@ -283,7 +300,8 @@ def _from_dataset_yaml(path: Path, data: dict, class_map, skip_bad: bool, split:
     whole = read_kitti(root, class_map or "kitti3", skip_bad, frame_ids=ids)
     if not random_split:
         return whole
+    settings = split_settings(path, data)
     train, val = split_dataset(
-        whole, float(data.get("val_fraction", 0.2)), int(data.get("seed", 0)), val_count=data.get("val_count")
+        whole, settings.get("val_fraction", 0.2), settings.get("seed", 0), val_count=settings.get("val_count")
     )
     return train if split == "train" else val

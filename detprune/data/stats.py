@@ -23,9 +23,34 @@ def size_bucket(boxes: np.ndarray) -> np.ndarray:
     return np.digitize(area, [SMALL_MAX_AREA, MEDIUM_MAX_AREA])
 
 
+def _role(label: int, ignore: bool, class_names) -> str:
+    if label < 0:
+        return "class-less ignore region"
+    return f"ignore box of {class_names[label]}" if ignore else class_names[label]
+
+
+def source_stats(dataset: DetectionSet) -> dict:
+    """Boxes per class as the source files name them (KITTI's types), what each became and their
+    sizes; {} where the reader kept no source names."""
+    out: dict[str, dict] = {}
+    for sample in dataset:
+        buckets = size_bucket(sample.boxes)
+        for name, label, ignore, bucket in zip(sample.source, sample.labels, sample.ignore, buckets):
+            if not name:
+                continue
+            entry = out.setdefault(str(name), {"boxes": 0, "as": {}, **{b: 0 for b in BUCKETS}})
+            entry["boxes"] += 1
+            entry[BUCKETS[bucket]] += 1
+            entry["as"][_role(int(label), bool(ignore), dataset.class_names)] = None
+    for entry in out.values():
+        entry["as"] = ", ".join(entry["as"])
+    return dict(sorted(out.items(), key=lambda item: -item[1]["boxes"]))
+
+
 def dataset_stats(dataset: DetectionSet) -> dict:
     """Counts as a plain dict (JSON-ready). Objects are boxes to detect; ignore boxes are
-    counted apart, class-less ignore regions (KITTI DontCare) as ``ignore_regions``."""
+    counted apart, class-less ignore regions (KITTI DontCare) as ``ignore_regions``; ``sources``
+    counts the boxes per class of the source files (:func:`source_stats`)."""
     classes = {
         name: {"objects": 0, "ignore": 0, **{b: 0 for b in BUCKETS}, "median_height": None}
         for name in dataset.class_names
@@ -65,6 +90,8 @@ def dataset_stats(dataset: DetectionSet) -> dict:
             "images_without_objects": int((counts == 0).sum()),
         },
         "classes": classes,
+        "sources": source_stats(dataset),
+        "deviation": dataset.deviation,
         "skipped": dict(dataset.skipped),
     }
 
@@ -91,6 +118,13 @@ def format_stats(stats: dict) -> str:
         f"objects per image: mean {per['mean']}, median {per['median']:g}, max {per['max']}; "
         f"images without objects: {per['images_without_objects']}; small (< 32x32 px) share: {stats['small_share']:.1%}"
     )
+    if stats.get("sources"):
+        head = f"{'label type':<16}{'boxes':>8}  {'read as':<28}{'small':>8}{'medium':>8}{'large':>8}"
+        lines += ["", head, "-" * len(head)]
+        for name, s in stats["sources"].items():
+            lines.append(f"{name:<16}{s['boxes']:>8}  {s['as']:<28}{s['small']:>8}{s['medium']:>8}{s['large']:>8}")
+    if stats.get("deviation"):
+        lines.append(f"labels not as KITTI's: {stats['deviation']}")
     if stats.get("skipped"):
         lines.append("skipped bad inputs: " + ", ".join(f"{n} {k}" for k, n in sorted(stats["skipped"].items())))
     return "\n".join(lines)

@@ -132,13 +132,21 @@ def generate_scenes(
     with atomic_dir(root) as tmp:
         (tmp / "image_2").mkdir()
         (tmp / "label_2").mkdir()
-        for index in progress_bar(range(num_images), total=num_images, desc="synthesising scenes", disable=not progress):
+        for index in progress_bar(
+            range(num_images), total=num_images, desc="synthesising scenes", disable=not progress
+        ):
             image, lines = render_scene(seed, index, width, height)
             name = f"{index:06d}"
             if not cv2.imwrite(str(tmp / "image_2" / f"{name}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
                 raise DetpruneError(f"{root}: cannot write images there")
             (tmp / "label_2" / f"{name}.txt").write_text("".join(line + "\n" for line in lines))
-        meta = {"generator": "detprune.data.synthetic", "seed": seed, "num_images": num_images, "width": width, "height": height}
+        meta = {
+            "generator": "detprune.data.synthetic",
+            "seed": seed,
+            "num_images": num_images,
+            "width": width,
+            "height": height,
+        }
         (tmp / "synthetic.json").write_text(json.dumps(meta, indent=2) + "\n")
     return root
 
@@ -278,8 +286,16 @@ def _paint(image: np.ndarray, owner: np.ndarray, number: int, thing: Thing, box,
     if thing.kind != "Pole":  # a contact shadow on the road under the object
         shade = np.zeros(alpha.shape[:2], np.float32)
         bottom = y2 - oy - (iy1 - oy)
-        cv2.ellipse(shade, (int((x1 + x2) / 2 - ix1), int(bottom)), (max(1, int((x2 - x1) * 0.55)), max(1, int((y2 - y1) * 0.06))),
-                    0, 0, 360, 0.45, -1)
+        cv2.ellipse(
+            shade,
+            (int((x1 + x2) / 2 - ix1), int(bottom)),
+            (max(1, int((x2 - x1) * 0.55)), max(1, int((y2 - y1) * 0.06))),
+            0,
+            0,
+            360,
+            0.45,
+            -1,
+        )
         region[:] = region * (1.0 - shade[..., None])
     region[:] = np.clip(painter.canvas[local] + region * (1.0 - alpha), 0, 255)  # canvas is premultiplied by alpha
     covers = painter.mask[local] > 127

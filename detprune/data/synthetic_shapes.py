@@ -102,8 +102,12 @@ def draw_car(p: Painter, x: float, y: float, w: float, h: float, view: View, rng
 
         r = min(0.2 * h, 0.16 * sw)
         p.rect(sx, y + 0.42 * h, sx + sw, y + h - 0.55 * r, paint)
-        p.poly([(at(0.04), y + 0.42 * h), (at(0.1), y + 0.05 * h), (at(0.52), y + 0.05 * h), (at(0.7), y + 0.42 * h)], dark)
-        p.poly([(at(0.1), y + 0.38 * h), (at(0.14), y + 0.1 * h), (at(0.5), y + 0.1 * h), (at(0.64), y + 0.38 * h)], glass)
+        p.poly(
+            [(at(0.04), y + 0.42 * h), (at(0.1), y + 0.05 * h), (at(0.52), y + 0.05 * h), (at(0.7), y + 0.42 * h)], dark
+        )
+        p.poly(
+            [(at(0.1), y + 0.38 * h), (at(0.14), y + 0.1 * h), (at(0.5), y + 0.1 * h), (at(0.64), y + 0.38 * h)], glass
+        )
         for t in (0.18, 0.82):
             p.ellipse((at(t), y + h - r), (r, r), tyre)
             p.ellipse((at(t), y + h - r), (0.45 * r, 0.45 * r), (150, 150, 150))
@@ -118,7 +122,13 @@ def draw_car(p: Painter, x: float, y: float, w: float, h: float, view: View, rng
         light = (250, 240, 200) if view.front else (220, 20, 20)
         p.rect(fx + 0.03 * fw, y + 0.48 * h, fx + 0.2 * fw, y + 0.58 * h, light)
         p.rect(fx + 0.8 * fw, y + 0.48 * h, fx + 0.97 * fw, y + 0.58 * h, light)
-        p.rect(fx + 0.38 * fw, y + 0.63 * h, fx + 0.62 * fw, y + 0.73 * h, (235, 235, 225) if not view.front else (30, 30, 30))
+        p.rect(
+            fx + 0.38 * fw,
+            y + 0.63 * h,
+            fx + 0.62 * fw,
+            y + 0.73 * h,
+            (235, 235, 225) if not view.front else (30, 30, 30),
+        )
 
 
 def _figure(p: Painter, cx: float, top: float, h: float, lean: float, rng: np.random.Generator,

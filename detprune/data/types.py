@@ -22,7 +22,8 @@ class Sample:
     ``DontCare``, COCO crowd of an unknown class). ``ignore`` marks boxes that are neither
     to be found nor counted as false positives (DontCare, crowd, neighbouring classes such
     as Van for Car). ``truncation`` (0..1) and ``occlusion`` (0 visible .. 3 unknown) are
-    KITTI's attributes; other sources give 0.
+    KITTI's attributes; other sources give 0. ``source`` is each box's class as the source file
+    names it (KITTI's ``type``: ``Van``, ``OtherVehicle``, ``DontCare``), "" where not kept.
     """
 
     image_path: Path
@@ -33,6 +34,7 @@ class Sample:
     ignore: np.ndarray = field(default_factory=lambda: _empty((0,), bool))
     truncation: np.ndarray = field(default_factory=lambda: _empty((0,), np.float64))
     occlusion: np.ndarray = field(default_factory=lambda: _empty((0,), np.int64))
+    source: np.ndarray = field(default_factory=lambda: _empty((0,), str))
 
     def __post_init__(self) -> None:
         self.image_path = Path(self.image_path)
@@ -46,6 +48,7 @@ class Sample:
         self.occlusion = np.asarray(
             self.occlusion if len(self.occlusion) else np.zeros(n), dtype=np.int64
         ).reshape(n)
+        self.source = np.asarray(self.source if len(self.source) else np.full(n, ""), dtype=str).reshape(n)
 
     @property
     def image_id(self) -> str:
@@ -71,6 +74,9 @@ class DetectionSet:
     # Bad inputs the reader left out under skip_bad, per kind ("malformed line": 2, ...);
     # subsets share the dict of the read they come from.
     skipped: dict[str, int] = field(default_factory=dict)
+    # How the labels depart from their protocol, said beside every number computed on them, e.g.
+    # "OtherVehicle (merged Van/Truck/Tram) ignored for Car; no DontCare regions"; "" where they don't.
+    deviation: str = ""
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -80,11 +86,13 @@ class DetectionSet:
 
     def __getitem__(self, index):
         if isinstance(index, slice):
-            return DetectionSet(self.class_names, self.samples[index], self.name, self.skipped)
+            return DetectionSet(self.class_names, self.samples[index], self.name, self.skipped, self.deviation)
         return self.samples[index]
 
     def subset(self, indices) -> "DetectionSet":
-        return DetectionSet(self.class_names, [self.samples[i] for i in indices], self.name, self.skipped)
+        return DetectionSet(
+            self.class_names, [self.samples[i] for i in indices], self.name, self.skipped, self.deviation
+        )
 
 
 @dataclass

@@ -19,6 +19,7 @@ import yaml
 from detprune.data import validation as v
 from detprune.data.types import DetectionSet, Sample
 from detprune.errors import BadInputError
+from detprune.utils.numbers import whole_number
 from detprune.utils.progress import progress_bar
 
 
@@ -69,7 +70,6 @@ def read_yolo_dir(
     if class_names is None:
         class_names = _names_beside(root)
     images = _list_images(image_dir)
-    label_dir = root / "labels" / split if split else root / "labels"
     problems = v.BadInputs(root, skip_bad)
     report_orphan_labels(image_dir, images, problems)
     return read_yolo_images(images, class_names, problems, name=root.resolve().name)
@@ -127,7 +127,8 @@ def read_yolo_yaml(path: str | Path, split: str = "val", *, skip_bad: bool = Fal
     data = load_yaml(path)
     if "names" not in data and "nc" not in data:
         raise BadInputError(f"{path}: a YOLO data yaml needs 'names' (or 'nc')")
-    names = parse_names(data["names"], path) if "names" in data else [f"class{i}" for i in range(int(data["nc"]))]
+    names = (parse_names(data["names"], path) if "names" in data
+             else [f"class{i}" for i in range(whole_number(data["nc"], f"{path}: nc", low=1, high=100_000))])
     root = resolve_root(path, data.get("path"))
     entry = data.get(split)
     if not entry:
@@ -144,7 +145,9 @@ def read_yolo_yaml(path: str | Path, split: str = "val", *, skip_bad: bool = Fal
         elif location.is_file() and location.suffix == ".txt":
             images += _read_image_list(location)
         else:
-            raise BadInputError(f"{path}: split '{split}' entry {item!r} is neither an image folder nor a .txt list ({location})")
+            raise BadInputError(
+                f"{path}: split '{split}' entry {item!r} is neither an image folder nor a .txt list ({location})"
+            )
     return read_yolo_images(images, names, problems, name=path.stem)
 
 
@@ -281,8 +284,8 @@ def remap_classes(dataset: DetectionSet, class_map) -> DetectionSet:
         labels = np.where(s.labels >= 0, new_label[s.labels.clip(0)], s.labels)  # -1 regions stay
         keep = labels != -2
         samples.append(Sample(s.image_path, s.width, s.height, s.boxes[keep], labels[keep], s.ignore[keep],
-                              s.truncation[keep], s.occlusion[keep]))
-    return DetectionSet(names, samples, name=dataset.name, skipped=dataset.skipped)
+                              s.truncation[keep], s.occlusion[keep], s.source[keep]))
+    return DetectionSet(names, samples, name=dataset.name, skipped=dataset.skipped, deviation=dataset.deviation)
 
 
 def format_yolo_labels(sample: Sample) -> str:

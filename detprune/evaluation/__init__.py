@@ -10,4 +10,12 @@ from detprune.evaluation.kitti import evaluate_kitti
 from detprune.evaluation.protocol import evaluate_detections, looks_like_kitti
 from detprune.evaluation.report import Latency, ModelSummary, Report
 
-__all__ = ["evaluate_coco", "evaluate_kitti", "evaluate_detections", "looks_like_kitti", "Latency", "ModelSummary", "Report"]
+__all__ = [
+    "evaluate_coco",
+    "evaluate_kitti",
+    "evaluate_detections",
+    "looks_like_kitti",
+    "Latency",
+    "ModelSummary",
+    "Report",
+]

@@ -20,7 +20,20 @@ from detprune.data.types import DetectionSet, Detections
 from detprune.evaluation.inputs import check_predictions
 
 # Order of COCOeval.stats for iouType "bbox".
-_STAT_NAMES = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large", "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large")
+_STAT_NAMES = (
+    "AP",
+    "AP50",
+    "AP75",
+    "AP_small",
+    "AP_medium",
+    "AP_large",
+    "AR1",
+    "AR10",
+    "AR100",
+    "AR_small",
+    "AR_medium",
+    "AR_large",
+)
 REPORTED = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large", "AR100")
 
 
@@ -41,7 +54,9 @@ def _ground_truth(dataset: DetectionSet) -> COCO:
     categories = [{"id": c + 1, "name": name} for c, name in enumerate(dataset.class_names)]
     images, annotations = [], []
     for image_id, sample in enumerate(dataset.samples, start=1):
-        images.append({"id": image_id, "width": sample.width, "height": sample.height, "file_name": str(sample.image_path)})
+        images.append(
+            {"id": image_id, "width": sample.width, "height": sample.height, "file_name": str(sample.image_path)}
+        )
         for box, label, ignore in zip(sample.boxes, sample.labels, sample.ignore):
             x, y, w, h = _xywh(box)
             crowd = bool(ignore) or label < 0
@@ -77,7 +92,9 @@ def _detections(gt: COCO, predictions: Sequence[Detections]) -> COCO:
                     "iscrowd": 0,
                 }
             )
-    return _quiet_coco({"images": gt.dataset["images"], "annotations": annotations, "categories": gt.dataset["categories"]})
+    return _quiet_coco(
+        {"images": gt.dataset["images"], "annotations": annotations, "categories": gt.dataset["categories"]}
+    )
 
 
 def _value(x: float) -> float | None:

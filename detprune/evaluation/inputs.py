@@ -23,7 +23,9 @@ def check_predictions(dataset: DetectionSet, predictions: Sequence[Detections]) 
     num_classes = len(dataset.class_names)
     for index, (sample, dets) in enumerate(zip(dataset.samples, predictions)):
         if not isinstance(dets, Detections):
-            raise DetpruneError(f"predictions[{index}] ({sample.image_id}): expected Detections, got {type(dets).__name__}")
+            raise DetpruneError(
+                f"predictions[{index}] ({sample.image_id}): expected Detections, got {type(dets).__name__}"
+            )
         if not (len(dets.boxes) == len(dets.scores) == len(dets.labels)):
             raise BadInputError(
                 f"predictions[{index}] ({sample.image_id}): {len(dets.boxes)} boxes, {len(dets.scores)} scores, "

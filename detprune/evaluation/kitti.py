@@ -65,7 +65,8 @@ def evaluate_kitti(
     ``{"per_class": {name: {"easy", "moderate", "hard"}}, "mean": {difficulty: mean over classes
     with objects}`` (both AP|R40), ``"per_class_R11"``, ``"mean_R11"`` (AP|R11 alike),
     ``"num_objects": {name: {difficulty: n}}, "min_overlap": {name: iou}, "protocol", "metric"}``;
-    an AP is None where the class has no object that counts at that difficulty.
+    an AP is None where the class has no object that counts at that difficulty. ``"deviation"``
+    is added where the labels depart from KITTI's (``DetectionSet.deviation``).
     """
     if protocol not in PROTOCOLS:
         raise DetpruneError(f"unknown KITTI protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
@@ -81,7 +82,9 @@ def evaluate_kitti(
         r40[name] = {level: aps[0] for level, aps in levels.items()}
         r11[name] = {level: aps[1] for level, aps in levels.items()}
         counts[name] = {level: aps[2] for level, aps in levels.items()}
+    deviation = {"deviation": dataset.deviation} if getattr(dataset, "deviation", "") else {}
     return {
+        **deviation,
         "metric": METRIC[protocol],
         "protocol": protocol,
         "per_class": r40,

@@ -177,7 +177,9 @@ def _precision(images: list[_Scored], min_overlap: float) -> tuple[np.ndarray | 
     return np.maximum.accumulate(precision[::-1])[::-1], num_counted
 
 
-def class_aps(samples, predictions, label: int, min_overlap: float) -> dict[str, tuple[float | None, float | None, int]]:
+def class_aps(
+    samples, predictions, label: int, min_overlap: float
+) -> dict[str, tuple[float | None, float | None, int]]:
     """{difficulty: (AP|R40, AP|R11, objects that count)} of one class; APs are None without objects."""
     images = [_ClassImage.build(sample, dets, label) for sample, dets in zip(samples, predictions)]
     out = {}

@@ -156,7 +156,9 @@ def _curve(frames: list[_Frame], level: Difficulty, min_overlap: float) -> tuple
     return recall, precision, num_counted
 
 
-def class_aps(samples, predictions, label: int, min_overlap: float) -> dict[str, tuple[float | None, float | None, int]]:
+def class_aps(
+    samples, predictions, label: int, min_overlap: float
+) -> dict[str, tuple[float | None, float | None, int]]:
     """{difficulty: (AP|R40, AP|R11, objects that count)} of one class; APs are None without objects."""
     frames = [_Frame.build(sample, dets, label) for sample, dets in zip(samples, predictions)]
     out = {}
@@ -165,5 +167,9 @@ def class_aps(samples, predictions, label: int, min_overlap: float) -> dict[str,
         if num_counted == 0:
             out[level.name] = (None, None, 0)
         else:
-            out[level.name] = (average_precision_r40(recall, precision), average_precision_r11(recall, precision), num_counted)
+            out[level.name] = (
+                average_precision_r40(recall, precision),
+                average_precision_r11(recall, precision),
+                num_counted,
+            )
     return out

@@ -60,13 +60,27 @@ def metric_label(metric: str, summaries: Mapping[str, ModelSummary] | None = Non
     if metric.startswith(PER_CLASS):
         return f"AP50-95 {metric[len(PER_CLASS):]}"
     if metric.startswith("kitti."):
-        protocols = sorted({s.metric("kitti.protocol") or "exact" for s in (summaries or {}).values() if s.metric("kitti")})
+        protocols = sorted(
+            {s.metric("kitti.protocol") or "exact" for s in (summaries or {}).values() if s.metric("kitti")}
+        )
         return f"KITTI AP_R40 {metric.split('.')[-1]} ({', '.join(protocols) or 'devkit'})"
     return METRIC_LABELS.get(metric, metric)
 
 
+def _kitti_note(metrics: Sequence[str], summaries: Mapping[str, ModelSummary]) -> str:
+    """A title line naming how the labels depart from KITTI's, where a KITTI metric is drawn from such labels."""
+    if not any(m.startswith("kitti.") for m in metrics):
+        return ""
+    found = dict.fromkeys(s.metric("kitti.deviation") for s in summaries.values() if s.metric("kitti.deviation"))
+    return f"\nKITTI labels: {'; '.join(found)}" if found else ""
+
+
 def _number(value) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
+    return (
+        float(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        else None
+    )
 
 
 def _point(summary: ModelSummary, metric: str, cost: str) -> tuple[float, float, float | None] | None:
@@ -84,8 +98,11 @@ def _styles(summaries: Mapping[str, ModelSummary], series_key: str, baseline: st
         group = _series(name, summary, series_key)
         if group not in styles:
             rank = len(styles)
-            styles[group] = {"color": f"C{rank % 10}", "marker": "*" if name == baseline else MARKERS[rank % len(MARKERS)],
-                             "markersize": 12 if name == baseline else 7}
+            styles[group] = {
+                "color": f"C{rank % 10}",
+                "marker": "*" if name == baseline else MARKERS[rank % len(MARKERS)],
+                "markersize": 12 if name == baseline else 7,
+            }
     return styles
 
 
@@ -110,7 +127,9 @@ def _draw_panel(ax, summaries: Mapping[str, ModelSummary], metric: str, cost: st
         errors = [p[2] or 0.0 for p in points]
         style = styles[group]
         if any(p[2] is not None for p in points):
-            ax.errorbar(xs, ys, yerr=errors, capsize=3, linestyle="-" if len(points) > 1 else "none", label=group, **style)
+            ax.errorbar(
+                xs, ys, yerr=errors, capsize=3, linestyle="-" if len(points) > 1 else "none", label=group, **style
+            )
         else:
             ax.plot(xs, ys, linestyle="-" if len(points) > 1 else "none", label=group, **style)
         top = max(top, *(y + e for y, e in zip(ys, errors)))
@@ -152,7 +171,7 @@ def plot_metric_vs_cost(
     label = metric_label(metric, summaries)
     ax.set_xlabel(COSTS[cost][1])
     ax.set_ylabel(label)
-    ax.set_title(title or f"{label} vs {COSTS[cost][1]}")
+    ax.set_title((title or f"{label} vs {COSTS[cost][1]}") + _kitti_note([metric], summaries), fontsize=9)
     ax.legend(fontsize=8)
     return _save(fig, path)
 
@@ -198,8 +217,9 @@ def metrics_figure(
     handles = [Line2D([], [], linestyle="none", label=group, **style) for group, style in styles.items()]
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), fontsize=9, frameon=False)
     spread = any(isinstance(s.metric("spread"), Mapping) for s in summaries.values())
-    fig.suptitle(title or "Accuracy on the evaluation images vs cost"
-                 + (", error bars: spread over runs" if spread else " (one run per model: no error bars)"))
+    fig.suptitle((title or "Accuracy on the evaluation images vs cost"
+                  + (", error bars: spread over runs" if spread else " (one run per model: no error bars)"))
+                 + _kitti_note(metrics, summaries))
     return fig
 
 
@@ -241,7 +261,9 @@ def _distinct(channels: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, 
     return merged
 
 
-def plot_channels_kept(channels: Mapping[str, Mapping[str, int]], path: str | Path, *, title: str | None = None) -> Path:
+def plot_channels_kept(
+    channels: Mapping[str, Mapping[str, int]], path: str | Path, *, title: str | None = None
+) -> Path:
     """:func:`channels_figure` written to ``path``."""
     return _save(channels_figure(channels, title=title), path)
 
@@ -274,7 +296,13 @@ def channels_figure(channels: Mapping[str, Mapping[str, int]], *, title: str | N
                 ax.barh(y, widths, height=0.85, color="0.8", label=name)
             else:
                 height = 0.7 / others
-                ax.barh([i - 0.35 + (rank - 0.5) * height for i in y], widths, height=height, color=f"C{rank - 1}", label=name)
+                ax.barh(
+                    [i - 0.35 + (rank - 0.5) * height for i in y],
+                    widths,
+                    height=height,
+                    color=f"C{rank - 1}",
+                    label=name,
+                )
         ax.set_yticks(y)
         ax.set_yticklabels(chunk, fontsize=8)
         ax.set_ylim(rows - 0.5, -0.5)  # network order top to bottom; columns share the row height

@@ -15,7 +15,15 @@ KITTI_TYPES = frozenset({"car", "van", "truck", "pedestrian", "person_sitting", 
 KITTI_MAIN = frozenset({"car", "pedestrian", "cyclist"})
 
 # evaluate_detections key <- evaluate_coco key
-_FLAT = {"mAP": "AP", "mAP50": "AP50", "mAP75": "AP75", "AP_small": "AP_small", "AP_medium": "AP_medium", "AP_large": "AP_large", "AR100": "AR100"}
+_FLAT = {
+    "mAP": "AP",
+    "mAP50": "AP50",
+    "mAP75": "AP75",
+    "AP_small": "AP_small",
+    "AP_medium": "AP_medium",
+    "AP_large": "AP_large",
+    "AR100": "AR100",
+}
 
 
 def looks_like_kitti(dataset: DetectionSet) -> bool:

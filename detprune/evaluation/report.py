@@ -40,6 +40,7 @@ INFO_ROWS: tuple[tuple[str, str], ...] = (
 KITTI_LEVELS = ("easy", "moderate", "hard")
 MOST_PRUNED_ROWS = 10
 MISSING = "–"
+DEVIATION_MARK = "†"  # on the KITTI label where the labels depart from KITTI's; the note says how
 
 
 @dataclass
@@ -227,15 +228,34 @@ class Report:
         rows = []
         for key, label in SUMMARY_METRICS:
             rows.append(self._row(label, lambda s, k=key: s.metric(k), _fmt_metric, _delta_abs))
-        kitti_levels = [lvl for lvl in KITTI_LEVELS if any(s.metric(f"kitti.mean.{lvl}") is not None for s in self.variants.values())]
+        kitti_levels = [
+            lvl
+            for lvl in KITTI_LEVELS
+            if any(s.metric(f"kitti.mean.{lvl}") is not None for s in self.variants.values())
+        ]
         for level in kitti_levels:
-            rows.append(self._row(f"{self.kitti_label()} {level}", lambda s, lv=level: s.metric(f"kitti.mean.{lv}"), _fmt_metric, _delta_abs))
+            rows.append(
+                self._row(
+                    f"{self.kitti_label()} {level}",
+                    lambda s, lv=level: s.metric(f"kitti.mean.{lv}"),
+                    _fmt_metric,
+                    _delta_abs,
+                )
+            )
         rows.append(self._row("Parameters", lambda s: s.params, lambda v: _fmt_scaled(v, 1e6, "M"), _delta_rel))
         rows.append(self._row("FLOPs", lambda s: s.flops, lambda v: _fmt_scaled(v, 1e9, "G"), _delta_rel))
         if any(s.latency for s in self.variants.values()):
-            rows.append(self._row("Latency median (ms)", lambda s: s.latency and s.latency.median_ms, _fmt_ms, _delta_rel))
+            rows.append(
+                self._row("Latency median (ms)", lambda s: s.latency and s.latency.median_ms, _fmt_ms, _delta_rel)
+            )
             rows.append(self._row("Latency p90 (ms)", lambda s: s.latency and s.latency.p90_ms, _fmt_ms, _delta_rel))
-            rows.append(["Latency backend", *[s.latency.backend if s.latency else MISSING for s in self.variants.values()], *[""] * len(self.compared)])
+            rows.append(
+                [
+                    "Latency backend",
+                    *[s.latency.backend if s.latency else MISSING for s in self.variants.values()],
+                    *[""] * len(self.compared),
+                ]
+            )
         for key, label in INFO_ROWS:
             if any(key in s.info for s in self.variants.values()):
                 cells = [MISSING if s.info.get(key) is None else str(s.info[key]) for s in self.variants.values()]
@@ -249,13 +269,29 @@ class Report:
 
     def per_class_rows(self) -> list[list[str]]:
         names = _union(s.metric("per_class_AP") or {} for s in self.variants.values())
-        return [self._row(c, lambda s, c=c: (s.metric("per_class_AP") or {}).get(c), _fmt_metric, _delta_abs) for c in names]
+        return [
+            self._row(c, lambda s, c=c: (s.metric("per_class_AP") or {}).get(c), _fmt_metric, _delta_abs) for c in names
+        ]
 
     def kitti_label(self) -> str:
-        """The KITTI numbers' name with their protocol, e.g. ``KITTI AP_R40 (devkit)``; metrics
-        without a ``protocol`` come from before the devkit protocol existed, so are ``exact``."""
+        """The KITTI numbers' name with their protocol, e.g. ``KITTI AP_R40 (devkit)``, and how the labels
+        depart from KITTI's where they do; metrics without a ``protocol`` come from before the devkit
+        protocol existed, so are ``exact``."""
         protocols = sorted({s.metric("kitti.protocol") or "exact" for s in self.variants.values() if s.metric("kitti")})
-        return f"KITTI AP_R40 ({', '.join(protocols) or 'devkit'})"
+        label = f"KITTI AP_R40 ({', '.join(protocols) or 'devkit'})"
+        return f"{label}{DEVIATION_MARK}" if self.kitti_deviation() else label
+
+    def kitti_deviation(self) -> str:
+        """How the evaluated labels depart from KITTI's (``kitti.deviation``), '' where they don't."""
+        found = dict.fromkeys(
+            s.metric("kitti.deviation") for s in self.variants.values() if s.metric("kitti.deviation")
+        )
+        return "; ".join(found)
+
+    def kitti_note(self) -> list[str]:
+        """The line that the mark on the KITTI label points to (none where the labels are KITTI's)."""
+        deviation = self.kitti_deviation()
+        return [f"{DEVIATION_MARK} KITTI labels not as the devkit's: {deviation}"] if deviation else []
 
     def kitti_rows(self) -> list[list[str]]:
         classes = _union(s.metric("kitti.per_class") or {} for s in self.variants.values())
@@ -263,7 +299,11 @@ class Report:
         for group in [*classes, None]:  # None: the mean over classes
 
             def get(summary: ModelSummary, level: str, group=group):
-                table = summary.metric("kitti.mean") if group is None else (summary.metric("kitti.per_class") or {}).get(group)
+                table = (
+                    summary.metric("kitti.mean")
+                    if group is None
+                    else (summary.metric("kitti.per_class") or {}).get(group)
+                )
                 return (table or {}).get(level)
 
             for level in KITTI_LEVELS:
@@ -276,16 +316,33 @@ class Report:
         base = self.variants[self.baseline].channels if self.baseline else {}
         totals = [
             ["Layers", *[str(len(s.channels)) if s.channels else MISSING for s in self.variants.values()]],
-            ["Channels", *[_fmt_kept(sum(s.channels.values()), sum(base.values())) if s.channels else MISSING for s in self.variants.values()]],
-            ["Layers pruned", *[str(sum(s.channels.get(k, n) < n for k, n in base.items())) if s.channels else MISSING for s in self.variants.values()]],
+            [
+                "Channels",
+                *[
+                    _fmt_kept(sum(s.channels.values()), sum(base.values())) if s.channels else MISSING
+                    for s in self.variants.values()
+                ],
+            ],
+            [
+                "Layers pruned",
+                *[
+                    str(sum(s.channels.get(k, n) < n for k, n in base.items())) if s.channels else MISSING
+                    for s in self.variants.values()
+                ],
+            ],
         ]
         kept = {
-            layer: min((self.variants[v].channels.get(layer, n) / n for v in self.compared if self.variants[v].channels), default=1.0)
+            layer: min(
+                (self.variants[v].channels.get(layer, n) / n for v in self.compared if self.variants[v].channels),
+                default=1.0,
+            )
             for layer, n in base.items()
             if n
         }
         worst = [layer for layer in sorted(kept, key=kept.get) if kept[layer] < 1.0][:MOST_PRUNED_ROWS]
-        layers = [[layer, *[_fmt_kept(s.channels.get(layer), base[layer]) for s in self.variants.values()]] for layer in worst]
+        layers = [
+            [layer, *[_fmt_kept(s.channels.get(layer), base[layer]) for s in self.variants.values()]] for layer in worst
+        ]
         return totals, layers
 
     # -- rendering --------------------------------------------------------------------
@@ -297,6 +354,7 @@ class Report:
         if not self.variants:
             return "\n".join(lines + ["No models evaluated.", ""])
         lines += ["## Summary", "", *_markdown(["Metric", *self._columns()], self.summary_rows()), ""]
+        lines += [*self.kitti_note(), ""] if self.kitti_note() else []
         if self.compared:
             lines += [f"Δ: each model minus `{self.baseline}`; AP as a difference on its 0-1 scale, parameters, "
                       "FLOPs and latency as a relative change. AP is COCO's: mAP50-95 averages the IoU thresholds "
@@ -309,7 +367,13 @@ class Report:
         if per_class:
             lines += ["## AP per class (COCO AP50-95)", "", *_markdown(["Class", *self._columns()], per_class), ""]
         if any(s.metric("kitti") for s in self.variants.values()):
-            lines += [f"## {self.kitti_label()}", "", *_markdown(["Class", "Difficulty", *self._columns()], self.kitti_rows(), 2), ""]
+            lines += [
+                f"## {self.kitti_label()}",
+                "",
+                *_markdown(["Class", "Difficulty", *self._columns()], self.kitti_rows(), 2),
+                "",
+            ]
+            lines += [*self.kitti_note(), ""] if self.kitti_note() else []
         if any(s.channels for s in self.variants.values()):
             totals, layers = self.channel_rows()
             lines += ["## Channels kept", "", *_markdown(["", *self.variants], totals), ""]
@@ -328,7 +392,7 @@ class Report:
         if len(backends) == 1 and all(s.latency for s in self.variants.values()):  # one backend: said once, below
             rows = [r for r in rows if r[0] != "Latency backend"]
             note = [f"latency: {backends.pop()}"]
-        return "\n".join(_plain_table(["Metric", *self._columns()], rows) + note)
+        return "\n".join(_plain_table(["Metric", *self._columns()], rows) + note + self.kitti_note())
 
     def to_detail_tables(self) -> str:
         """AP per class and KITTI AP per class and difficulty as aligned plain text ('' where neither)."""
@@ -338,7 +402,7 @@ class Report:
             parts.append("\n".join(_plain_table(["Class (AP50-95)", *self._columns()], per_class)))
         if any(s.metric("kitti") for s in self.variants.values()):
             rows = [[f"{r[0]} {r[1]}", *r[2:]] for r in self.kitti_rows()]
-            parts.append("\n".join(_plain_table([self.kitti_label(), *self._columns()], rows)))
+            parts.append("\n".join(_plain_table([self.kitti_label(), *self._columns()], rows) + self.kitti_note()))
         return "\n\n".join(parts)
 
     def __repr__(self) -> str:

@@ -1,18 +1,15 @@
-"""Deployment: ONNX export (FP32, mixed FP16, Q/DQ INT8), TensorRT engines, latency.
+"""Deployment artifacts: ONNX export (FP32, mixed FP16, Q/DQ INT8) and TensorRT engines.
 
     export_onnx(module, example_input, "model.onnx")            # FP32, checked against PyTorch
     convert_fp16("model.onnx", "model.fp16.onnx")                # decode tail kept FP32
     quantize_int8("model.onnx", "model.int8.onnx", batches)      # explicit Q/DQ, calibrated
     build_engine("model.fp16.onnx", "model.engine", precision="fp16")
-    measure_latency("onnxruntime", "model.onnx", (1, 3, 640, 640))
 
-TensorRT is imported only when an engine is built or loaded.
+A format layer: it knows no detector family and no pruning. Timing these artifacts is
+:mod:`detprune.runtime`'s (``measure_latency``). TensorRT is imported only when an engine is
+built or loaded.
 """
 
-import sys
-import types
-
-from detprune.export.latency import BACKENDS, LatencyStats, measure_latency
 from detprune.export.onnx import ExportResult, OnnxModel, Parity, export_onnx, graph_precision, load_onnx
 from detprune.export.precision import PrecisionResult, convert_fp16, decode_tail, quantize_int8
 
@@ -24,22 +21,8 @@ def build_engine(*args, **kwargs):
     return build(*args, **kwargs)
 
 
-class _CallablePackage(types.ModuleType):
-    """Importing this package makes it the attribute ``detprune.export``, hiding the API
-    function of that name; calling the package therefore is calling that function."""
-
-    def __call__(self, *args, **kwargs):
-        from detprune.api import export
-
-        return export(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallablePackage
-
 __all__ = [
-    "BACKENDS",
     "ExportResult",
-    "LatencyStats",
     "OnnxModel",
     "Parity",
     "PrecisionResult",
@@ -49,6 +32,5 @@ __all__ = [
     "export_onnx",
     "graph_precision",
     "load_onnx",
-    "measure_latency",
     "quantize_int8",
 ]

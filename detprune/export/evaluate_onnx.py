@@ -2,8 +2,8 @@
 
 The graph sees the same letterboxed batches as :meth:`DetectorAdapter.evaluate`
 (:func:`detprune.data.batch.iter_batches`), its raw output goes through the same
-post-processing as the PyTorch model's (for YOLO: :func:`detprune.adapters.yolo_objective.postprocess`,
-ultralytics' NMS and the letterbox mapping back to original pixels) and the detections are
+post-processing as the PyTorch model's (``adapter.onnx_postprocess(model)``; for YOLO ultralytics'
+NMS and the letterbox mapping back to original pixels) and the detections are
 scored by :func:`detprune.evaluation.protocol.evaluate_detections`. So an FP32 graph scores
 what the PyTorch model scores, and the difference of a reduced-precision graph is its own.
 AP_small is printed beside mAP because quantization error is largest, relative to the box,
@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
 
 from detprune.data.batch import Batch, as_hw, iter_batches
 from detprune.data.types import DetectionSet, Detections
@@ -60,7 +59,9 @@ def evaluate_onnx(
     runner = graph if isinstance(graph, OnnxModel) else OnnxModel(graph)
     hw = graph_input_hw(runner)
     if imgsz is not None and as_hw(imgsz) != hw:
-        raise BadInputError(f"{runner.path}: the graph takes {hw[0]}x{hw[1]} images, asked to evaluate at {as_hw(imgsz)}")
+        raise BadInputError(
+            f"{runner.path}: the graph takes {hw[0]}x{hw[1]} images, asked to evaluate at {as_hw(imgsz)}"
+        )
     fixed = runner.input_shape[0]
     size = fixed if isinstance(fixed, int) and fixed > 0 else int(batch_size)
     if size < 1:
@@ -78,31 +79,6 @@ def evaluate_onnx(
     return evaluate_detections(dataset, predictions)
 
 
-def yolo_postprocess(nc: int, *, end2end: bool = False, conf: float | None = None, iou: float | None = None,
-                     max_det: int | None = None) -> PostProcess:
-    """The YOLO adapter's post-processing for a graph of ``adapter.export_module(model)``.
-
-    The defaults are :meth:`YoloAdapter.predict`'s, so scores match ``adapter.evaluate``.
-    """
-    from detprune.adapters.yolo_objective import postprocess
-    from detprune.defaults import EVAL_CONF, EVAL_MAX_DET, YOLO_NMS_IOU
-
-    conf = EVAL_CONF if conf is None else conf
-    iou = YOLO_NMS_IOU if iou is None else iou
-    max_det = EVAL_MAX_DET if max_det is None else max_det
-
-    def run(raw: np.ndarray, batch: Batch) -> list[Detections]:
-        return postprocess(torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32)), batch, nc=nc,
-                           end2end=end2end, conf=conf, iou=iou, max_det=max_det)
-
-    return run
-
-
-def yolo_head_info(model: torch.nn.Module) -> dict:
-    """``nc`` and ``end2end`` of an ultralytics model: what :func:`yolo_postprocess` needs."""
-    return {"nc": int(model.model[-1].nc), "end2end": bool(getattr(model, "end2end", False))}
-
-
 def format_comparison(metrics: dict[str, dict], keys: Sequence[str] = COMPARED) -> str:
     """A table with one row per graph and the change of each metric against the first row."""
     names = list(metrics)
@@ -114,15 +90,16 @@ def format_comparison(metrics: dict[str, dict], keys: Sequence[str] = COMPARED) 
         cells = "".join(f" {_pct(row.get(k)):>9}" for k in keys)
         deltas = "".join(f" {_delta(row.get(k), base.get(k)):>10}" for k in keys)
         lines.append(f"{name:<8}{cells}{deltas}")
-    lines.append("metrics in %, COCO protocol; d = change against " + names[0] + " in points")
+    lines.append("metrics as fractions in [0, 1] as 'detprune eval' prints them, COCO protocol; "
+                 "d = change against " + names[0])
     return "\n".join(lines)
 
 
 def _pct(value) -> str:
-    return "-" if value is None else f"{100 * value:.2f}"
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _delta(value, reference) -> str:
     if value is None or reference is None:
         return "-"
-    return f"{100 * (value - reference):+.2f}"
+    return f"{value - reference:+.3f}"

@@ -86,7 +86,9 @@ class ExportResult:
 
     def summary(self) -> str:
         shape = "x".join(str(d) for d in self.input_shape)
-        line = f"{self.path}: {self.precision} ONNX opset {self.opset}, input {shape}, {self.num_parameters:,} parameters"
+        line = (
+            f"{self.path}: {self.precision} ONNX opset {self.opset}, input {shape}, {self.num_parameters:,} parameters"
+        )
         return line + (f"; {self.parity.describe()}" if self.parity else "")
 
 
@@ -149,7 +151,9 @@ def _export_checked(module, inputs, target, opset, dynamic_batch, simplify, chec
         parity = None
         if check:
             runner = OnnxModel(tmp)
-            parity = compare_outputs([t.numpy() for t in reference], runner(*[t.detach().cpu().numpy() for t in inputs]), "pytorch")
+            parity = compare_outputs(
+                [t.numpy() for t in reference], runner(*[t.detach().cpu().numpy() for t in inputs]), "pytorch"
+            )
             if not parity.max_rel <= tolerance:  # also catches NaN
                 raise ExportError(
                     f"{target}: the ONNX graph does not match PyTorch ({parity.describe()}, "
@@ -221,10 +225,13 @@ def load_onnx(path: str | Path, *, full_check: bool = True):
         model = onnx.load(str(path))
     except Exception as err:
         raise BadInputError(
-            f"{path}: not a readable ONNX model ({type(err).__name__}); the file is truncated or corrupt, export it again"
+            f"{path}: not a readable ONNX model ({type(err).__name__}); the file is truncated or corrupt, export it "
+            f"again"
         ) from None
     if not model.graph.node:
-        raise BadInputError(f"{path}: the ONNX model has no graph nodes; the file is truncated or corrupt, export it again")
+        raise BadInputError(
+            f"{path}: the ONNX model has no graph nodes; the file is truncated or corrupt, export it again"
+        )
     try:
         onnx.checker.check_model(str(path), full_check=full_check)
     except Exception as err:
@@ -288,7 +295,9 @@ class OnnxModel:
     graph can be scored with the same code as the PyTorch model.
     """
 
-    def __init__(self, path: str | Path, *, threads: int | None = None, providers: Sequence[str] = ("CPUExecutionProvider",)):
+    def __init__(
+        self, path: str | Path, *, threads: int | None = None, providers: Sequence[str] = ("CPUExecutionProvider",)
+    ):
         import onnxruntime as ort
 
         self.path = Path(path)

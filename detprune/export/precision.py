@@ -60,7 +60,9 @@ class PrecisionResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> str:
-        return f"{self.path}: {self.precision} ONNX, {self.kept_fp32} decode node(s) kept FP32; {self.parity.describe()}"
+        return (
+            f"{self.path}: {self.precision} ONNX, {self.kept_fp32} decode node(s) kept FP32; {self.parity.describe()}"
+        )
 
 
 # --- the decode tail ---------------------------------------------------------------------------
@@ -142,7 +144,10 @@ def to_fp16(model, keep_fp32: set[str]):
     _name_nodes(graph)
     _fold_weight_identities(graph)
     inferred = shape_inference.infer_shapes(out, strict_mode=False)
-    types = {vi.name: vi.type.tensor_type.elem_type for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]}
+    types = {
+        vi.name: vi.type.tensor_type.elem_type
+        for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]
+    }
     inits = {init.name: init for init in graph.initializer}
     types.update({name: init.data_type for name, init in inits.items()})
     opset = next((o.version for o in out.opset_import if o.domain in ("", "ai.onnx")), 17)
@@ -185,7 +190,9 @@ def to_fp16(model, keep_fp32: set[str]):
                 node.output[:] = [renamed if o == output.name else o for o in node.output]
                 node.input[:] = [renamed if i == output.name else i for i in node.input]
             current[renamed] = _FLOAT16
-            final_casts.append(helper.make_node("Cast", [renamed], [output.name], name=f"{output.name}_to_fp32", to=_FLOAT))
+            final_casts.append(
+                helper.make_node("Cast", [renamed], [output.name], name=f"{output.name}_to_fp32", to=_FLOAT)
+            )
 
     nodes, casts = [], {}
     for node in _topological(graph):
@@ -222,7 +229,9 @@ def _fp16_plan(node, act_inputs: list[int], types: dict, opset: int) -> tuple[se
 
     if not act_inputs or node.op_type in _STAY_AS_IS or node.op_type in _TYPE_AGNOSTIC:
         return None
-    if node.domain not in ("", "ai.onnx") or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+    if node.domain not in ("", "ai.onnx") or any(
+        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute
+    ):
         return None
     try:
         schema = onnx.defs.get_schema(node.op_type, opset, node.domain)
@@ -239,7 +248,11 @@ def _fp16_plan(node, act_inputs: list[int], types: dict, opset: int) -> tuple[se
     act_vars.discard(None)
     if not act_vars or any("tensor(float16)" not in allowed.get(v, ()) for v in act_vars):
         return None
-    ins = {i for i, name in enumerate(node.input) if name and types.get(name) == _FLOAT and var(schema.inputs, i) in act_vars}
+    ins = {
+        i
+        for i, name in enumerate(node.input)
+        if name and types.get(name) == _FLOAT and var(schema.inputs, i) in act_vars
+    }
     outs = {j for j, name in enumerate(node.output) if types.get(name) == _FLOAT and var(schema.outputs, j) in act_vars}
     return ins, outs
 
@@ -249,7 +262,11 @@ def _fold_weight_identities(graph) -> None:
     through ``Identity`` nodes, which would otherwise each need a Cast of their own."""
     inits = {i.name for i in graph.initializer}
     outputs = {o.name for o in graph.output}
-    alias = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Identity" and n.input[0] in inits and n.output[0] not in outputs}
+    alias = {
+        n.output[0]: n.input[0]
+        for n in graph.node
+        if n.op_type == "Identity" and n.input[0] in inits and n.output[0] not in outputs
+    }
     if not alias:
         return
     kept = [n for n in graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
@@ -324,11 +341,17 @@ def quantize_int8(
             )
             load_onnx(tmp)
             if graph_precision(load_onnx(tmp, full_check=False)) != "int8":
-                raise ExportError(f"{dst}: the quantizer inserted no Q/DQ node; the graph has no {'/'.join(op_types)} to quantize")
+                raise ExportError(
+                    f"{dst}: the quantizer inserted no Q/DQ node; the graph has no {'/'.join(op_types)} to quantize"
+                )
             parity = _parity(src, tmp, check_input, "fp32 onnx")
             if not parity.max_rel <= INT8_ABSURD:
-                raise ExportError(f"{dst}: the INT8 graph is unusable ({parity.describe()}); check the calibration images")
-    return PrecisionResult(Path(dst), "int8", len(keep), parity, {"calibration_batches": reader.count, "method": method})
+                raise ExportError(
+                    f"{dst}: the INT8 graph is unusable ({parity.describe()}); check the calibration images"
+                )
+    return PrecisionResult(
+        Path(dst), "int8", len(keep), parity, {"calibration_batches": reader.count, "method": method}
+    )
 
 
 def _preprocess(src: Path, dst: Path) -> Path:

@@ -58,7 +58,9 @@ def import_tensorrt():
         raise UnsupportedError(f"TensorRT is installed but its libraries do not load ({err}); {INSTALL_HINT}") from None
     major = version_major(trt.__version__)
     if major not in SUPPORTED_MAJORS:
-        raise UnsupportedError(f"TensorRT {trt.__version__} is not supported; detprune builds with TensorRT 10.x or 11.x")
+        raise UnsupportedError(
+            f"TensorRT {trt.__version__} is not supported; detprune builds with TensorRT 10.x or 11.x"
+        )
     return trt
 
 
@@ -85,7 +87,9 @@ def current_gpu() -> Gpu:
     import torch
 
     if not torch.cuda.is_available():
-        raise UnsupportedError("TensorRT needs an NVIDIA GPU with CUDA; PyTorch sees none (torch.cuda.is_available() is False)")
+        raise UnsupportedError(
+            "TensorRT needs an NVIDIA GPU with CUDA; PyTorch sees none (torch.cuda.is_available() is False)"
+        )
     major, minor = torch.cuda.get_device_capability()
     return Gpu(torch.cuda.get_device_name(), f"{major}.{minor}")
 
@@ -100,7 +104,9 @@ def check_gpu_precision(precision: str, gpu: Gpu) -> None:
     if precision == "fp16" and (cc < (5, 3) or cc == (6, 1)):
         raise UnsupportedError(f"{gpu.name} (compute capability {gpu.compute_capability}) has no fast FP16; build fp32")
     if precision == "int8" and cc < (6, 1):
-        raise UnsupportedError(f"{gpu.name} (compute capability {gpu.compute_capability}) cannot run INT8; build fp16 or fp32")
+        raise UnsupportedError(
+            f"{gpu.name} (compute capability {gpu.compute_capability}) cannot run INT8; build fp16 or fp32"
+        )
 
 
 def build_mode(precision: str, graph_precision: str, trt_version: str) -> str:
@@ -112,10 +118,13 @@ def build_mode(precision: str, graph_precision: str, trt_version: str) -> str:
         return "strongly-typed"
     if graph_precision != "fp32":
         raise BadInputError(
-            f"the ONNX graph is already {graph_precision}; build it as --precision {graph_precision} or start from the FP32 export"
+            f"the ONNX graph is already {graph_precision}; build it as --precision {graph_precision} or start from "
+            f"the FP32 export"
         )
     if version_major(trt_version) >= 11:
-        how = "detprune export --precision fp16" if precision == "fp16" else "detprune export --precision int8 --data DIR"
+        how = (
+            "detprune export --precision fp16" if precision == "fp16" else "detprune export --precision int8 --data DIR"
+        )
         raise UnsupportedError(
             f"TensorRT {trt_version} takes precision from the graph only (strongly typed); "
             f"give it a {precision} graph ({how}), or let 'detprune engine' convert it"
@@ -163,7 +172,8 @@ def read_sidecar(engine_path: str | Path) -> EngineInfo:
     path = sidecar_path(engine_path)
     if not path.is_file():
         raise BadInputError(
-            f"{path}: no sidecar beside the engine, so its TensorRT version and GPU are unknown; rebuild it with 'detprune engine'"
+            f"{path}: no sidecar beside the engine, so its TensorRT version and GPU are unknown; rebuild it with "
+            f"'detprune engine'"
         )
     try:
         data = json.loads(path.read_text())
@@ -223,8 +233,15 @@ def build_engine(
     gpu = current_gpu()
     mode = build_mode(precision, graph_precision(graph), trt.__version__)
     check_gpu_precision(precision, gpu)
-    if mode == "weakly-typed" and precision == "int8" and calibration is None and not (calibration_cache and Path(calibration_cache).is_file()):
-        raise BadInputError("an INT8 build from an FP32 graph needs calibration images (--data DIR) or a calibration cache")
+    if (
+        mode == "weakly-typed"
+        and precision == "int8"
+        and calibration is None
+        and not (calibration_cache and Path(calibration_cache).is_file())
+    ):
+        raise BadInputError(
+            "an INT8 build from an FP32 graph needs calibration images (--data DIR) or a calibration cache"
+        )
 
     logger = _Logger(trt)
     builder = trt.Builder(logger)
@@ -257,7 +274,9 @@ def build_engine(
     serialized = builder.build_serialized_network(network, config)
     seconds = time.perf_counter() - started
     if serialized is None:
-        raise EngineBuildError(f"TensorRT could not build an engine from {onnx_path}: {logger.last_error() or 'see the log above'}")
+        raise EngineBuildError(
+            f"TensorRT could not build an engine from {onnx_path}: {logger.last_error() or 'see the log above'}"
+        )
     write_bytes(cache_path, bytes(memoryview(cache.serialize())))
 
     info = EngineInfo(
@@ -297,7 +316,9 @@ def _add_profile(trt, builder, network, config, batch):
         tensor = network.get_input(i)
         dims = list(tensor.shape)
         if any(d == -1 for d in dims[1:]):
-            raise BadInputError(f"input {tensor.name} has dynamic dimensions besides the batch {dims}; export with a fixed --imgsz")
+            raise BadInputError(
+                f"input {tensor.name} has dynamic dimensions besides the batch {dims}; export with a fixed --imgsz"
+            )
         if dims[0] == -1:
             profile = profile or builder.create_optimization_profile()
             mins, opts, maxs = ([b, *dims[1:]] for b in (lo, opt, hi))
@@ -306,7 +327,8 @@ def _add_profile(trt, builder, network, config, batch):
         else:
             if batch is not None and (lo, opt, hi) != (dims[0],) * 3:
                 raise BadInputError(
-                    f"input {tensor.name} has a fixed batch of {dims[0]}; export with --dynamic-batch to build a batch range"
+                    f"input {tensor.name} has a fixed batch of {dims[0]}; export with --dynamic-batch to build a "
+                    f"batch range"
                 )
             shapes[tensor.name] = {"min": dims, "opt": dims, "max": dims}
     if profile is not None:
@@ -372,7 +394,11 @@ class _Logger:
             def log(self, severity, msg):
                 if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
                     self.errors.append(str(msg).strip().splitlines()[0])
-                if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.WARNING):
+                if severity in (
+                    trt.ILogger.Severity.ERROR,
+                    trt.ILogger.Severity.INTERNAL_ERROR,
+                    trt.ILogger.Severity.WARNING,
+                ):
                     print(f"[TensorRT] {msg}", file=sys.stderr)
 
             def last_error(self) -> str:
@@ -412,7 +438,9 @@ class TrtEngine:
         self._runtime = trt.Runtime(self._logger)
         self.engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self.engine is None:
-            raise BadInputError(f"{self.path}: TensorRT cannot deserialize this engine ({self._logger.last_error()}); rebuild it")
+            raise BadInputError(
+                f"{self.path}: TensorRT cannot deserialize this engine ({self._logger.last_error()}); rebuild it"
+            )
         self.context = self.engine.create_execution_context()
         self.stream = torch.cuda.Stream()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]

@@ -43,8 +43,10 @@ from detprune.errors import BadInputError, DetpruneError
 from detprune.pruning.groups import CoupledGroups
 
 NORMALISATIONS = ("l2", "l1", "max", "mean", "none")
-# global: one threshold on the network-wide ranking; uniform: the same fraction from every group;
-# cost: a greedy knapsack on importance per unit of FLOPs or parameters (detprune.pruning.knapsack)
+# the built-in allocations (detprune.pruning.policies registers them, and any added one:
+# policies.allocation_names() is the full list). global: one threshold on the network-wide ranking;
+# uniform: the same fraction from every group; cost: a greedy knapsack on importance per unit of
+# FLOPs, parameters or latency (detprune.pruning.knapsack)
 ALLOCATIONS = ("global", "uniform", "cost")
 DEFAULT_MAX_RATIO = 0.8
 DEFAULT_MIN_CHANNELS = 8
@@ -55,25 +57,12 @@ DEFAULT_ROUND_TO = 8
 # Measured by the k-fold KITTI benchmark at 50% FLOPs (docs/benchmarks.md, "Accuracy at the
 # cut"): Taylor gains 6.0 mAP50 from cost over global after 10 fine-tuning epochs and 2.9 after
 # 30; saliency loses 1.1 (within the spread over folds) and L1 5 points (0.3 against 5.2).
-COST_ALLOCATION_CRITERIA = ("taylor",)
+from detprune.defaults import COST_ALLOCATION_CRITERIA  # noqa: E402  (one place: detprune/defaults.py)
 
 
 def default_allocation(criterion: str | None) -> str:
     """The allocation a criterion gets by default: ``cost`` for those measured to gain from it."""
     return "cost" if criterion in COST_ALLOCATION_CRITERIA else "global"
-
-
-def default_normalisation(allocation: str) -> str:
-    """``none`` for the cost allocation, ``l2`` for the others.
-
-    The knapsack weighs a channel's importance against what it costs, so the importance must
-    keep its own scale: a data-driven score (saliency, Taylor) is a change of the detection
-    utility, which compares across layers as it is. Normalised per layer, the thin, costly
-    early layers score like the wide cheap ones and the knapsack cuts them to the floor first
-    (measured on the k-fold KITTI baseline at 50% FLOPs: 0.0 mAP50 before fine-tuning with
-    ``l2``, 10.4 with ``none``, against 10.1 for the global ranking; docs/benchmarks.md).
-    """
-    return "none" if allocation == "cost" else "l2"
 
 
 def normalise(values: np.ndarray, how: str = "l2") -> np.ndarray:
@@ -100,14 +89,18 @@ def _layer_scores(coupled: CoupledGroups, scores: Mapping[str, torch.Tensor], ho
         values = torch.as_tensor(value).detach().to(torch.float64).cpu().numpy().reshape(-1)
         width = getattr(names[name], "out_channels", getattr(names[name], "out_features", None))
         if width is not None and values.size != width:
-            raise BadInputError(f"scores for layer {name!r} have {values.size} entries; the layer has {width} output channels")
+            raise BadInputError(
+                f"scores for layer {name!r} have {values.size} entries; the layer has {width} output channels"
+            )
         if not np.all(np.isfinite(values)):
             raise BadInputError(f"scores for layer {name!r} contain NaN or infinity")
         out[name] = normalise(values, how)
     return out
 
 
-def group_scores(coupled: CoupledGroups, scores: Mapping[str, torch.Tensor], normalisation: str = "l2") -> dict[int, np.ndarray]:
+def group_scores(
+    coupled: CoupledGroups, scores: Mapping[str, torch.Tensor], normalisation: str = "l2"
+) -> dict[int, np.ndarray]:
     """One score per position of every group: the mean over its scored layers (NaN where none is)."""
     layers = _layer_scores(coupled, scores, normalisation)
     out = {}
@@ -232,18 +225,6 @@ class Allocator:
 
     def removed_fraction(self, removal: Mapping[int, int]) -> float:
         return sum(removal.values()) / self.prunable_channels if self.prunable_channels else 0.0
-
-
-def resolve_allocation(allocation: str | None, global_ranking: bool | None = None) -> str:
-    """The allocation by name; ``global_ranking`` (the older switch) maps True to global, False to uniform."""
-    legacy = None if global_ranking is None else ("global" if global_ranking else "uniform")
-    if allocation is None:
-        return legacy or "global"
-    if allocation not in ALLOCATIONS:
-        raise DetpruneError(f"unknown allocation {allocation!r}; choose from {', '.join(ALLOCATIONS)}")
-    if legacy is not None and legacy != allocation:
-        raise DetpruneError(f"allocation={allocation!r} contradicts global_ranking={global_ranking}; give allocation alone")
-    return allocation
 
 
 def select_channels(orders: Mapping[int, np.ndarray], removal: Mapping[int, int]) -> dict[int, np.ndarray]:

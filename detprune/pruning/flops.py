@@ -140,7 +140,9 @@ class CostModel:
         # widths now: the model is cut later, and predictions must not read the cut layers
         self._call_shape = [self._shape_of(c.node) for c in self._calls]
         seen: set[int] = set()
-        self._numel = {id(node): node.module.numel() for node in touched.values() if isinstance(node.module, nn.Parameter)}
+        self._numel = {
+            id(node): node.module.numel() for node in touched.values() if isinstance(node.module, nn.Parameter)
+        }
         self._param_nodes = []
         for node in touched.values():
             key = id(node.module)
@@ -227,7 +229,9 @@ class CostModel:
         d_params = 0
         for i in params:
             node, shape, own = self._param_nodes[i]
-            d_params += self._node_params(node, shape, own, self._removed(node, "in", moved), self._removed(node, "out", moved))
+            d_params += self._node_params(
+                node, shape, own, self._removed(node, "in", moved), self._removed(node, "out", moved)
+            )
             d_params -= self._node_params(node, shape, own, self._removed(node, "in", n), self._removed(node, "out", n))
         d_macs = 0
         for i in calls:

@@ -195,7 +195,8 @@ def _check_in_range(graph: tp.DependencyGraph, module: nn.Module, side: str, cha
     if width is not None and (channels.min() < 0 or channels.max() >= width):
         name = graph._module2name.get(module, type(module).__name__)
         raise UnsupportedError(
-            f"the coupling traced from layer {root} reaches channel {int(channels.max())} of {name}, which has {width}: "
+            f"the coupling traced from layer {root} reaches channel {int(channels.max())} of {name}, which has "
+            f"{width}: "
             "an op Torch-Pruning cannot follow (chunk/split); run the adapter's prepare_for_pruning first"
         )
 

@@ -20,7 +20,7 @@ Importance is the groups' per-position scores as :func:`detprune.pruning.allocat
 gives them, by default on their own scale (``normalisation="none"``): HALP's importance is a
 Taylor estimate of the loss change, comparable across layers as it is, and per-layer
 normalisation would price a thin, costly early layer's channels like a wide layer's
-(:func:`detprune.pruning.allocation.default_normalisation`). The limits (``min_channels``, ``max_ratio``, ``round_to``)
+(:func:`detprune.pruning.policies.default_normalisation`). The limits (``min_channels``, ``max_ratio``, ``round_to``)
 are the allowed widths of :meth:`Limits.allowed_kept`.
 """
 
@@ -129,7 +129,12 @@ class KnapsackAllocator:
     """``amount`` in [0, 1] -> the first ``amount`` of the greedy path, as channels removed per group."""
 
     def __init__(
-        self, coupled, scores: Mapping[int, np.ndarray], orders: Mapping[int, np.ndarray], limits: Limits, cost: GroupCost
+        self,
+        coupled,
+        scores: Mapping[int, np.ndarray],
+        orders: Mapping[int, np.ndarray],
+        limits: Limits,
+        cost: GroupCost,
     ):
         self.sizes = {g.index: g.size for g in coupled.groups}
         allowed = {g.index: limits.allowed_kept(g.size, len(orders[g.index])) for g in coupled.groups}

@@ -95,8 +95,12 @@ def layer_graph(module: nn.Module, act: nn.Module | None, input_shape: Sequence[
         shape[1] = c_in
         groups = c_in if entry_op(module) == "depthwise" else 1
         kernel = list(module.kernel_size)
-        inits += [numpy_helper.from_array(rng.standard_normal([c_out, c_in // groups] + kernel).astype(np.float32) * 0.01, "w"),
-                  numpy_helper.from_array(np.zeros(c_out, np.float32), "b")]
+        inits += [
+            numpy_helper.from_array(
+                rng.standard_normal([c_out, c_in // groups] + kernel).astype(np.float32) * 0.01, "w"
+            ),
+            numpy_helper.from_array(np.zeros(c_out, np.float32), "b"),
+        ]
         attrs = dict(kernel_shape=kernel, strides=list(module.stride), dilations=list(module.dilation), group=groups)
         if isinstance(module.padding, str):
             attrs["auto_pad"] = "SAME_UPPER" if module.padding == "same" else "VALID"
@@ -126,34 +130,35 @@ def roi_align_graph(feature_shape: Sequence[int], channels: int, rois: int, outp
     node = helper.make_node("RoiAlign", ["x", "rois", "index"], ["y"], mode="avg", output_height=int(output_size[0]),
                             output_width=int(output_size[1]), sampling_ratio=max(int(sampling_ratio), 0),
                             spatial_scale=float(spatial_scale), coordinate_transformation_mode="half_pixel")
-    graph = helper.make_graph([node], "roi_align", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, h, w])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    graph = helper.make_graph(
+        [node],
+        "roi_align",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, h, w])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model.SerializeToString()
 
 
 def _ort_session(graph: bytes | str | Path, threads: int):
-    import onnxruntime as ort
+    from detprune.runtime.ort import ort_session
 
-    from detprune.export.onnx import session_options
-
-    source = graph if isinstance(graph, bytes) else str(graph)
-    return ort.InferenceSession(source, sess_options=session_options(threads), providers=["CPUExecutionProvider"])
+    return ort_session(graph, threads)
 
 
 def time_interleaved(runners: Sequence[Callable[[], object]], warmup: int, runs: int) -> list[float]:
     """Median ms of each runner, every round running each once (:func:`interleaved_samples`)."""
-    from detprune.export.latency import interleaved_samples
+    from detprune.runtime import interleaved_samples
 
     return [float(np.median(s)) for s in interleaved_samples(runners, warmup, runs)]
 
 
 def _ort_runner(graph, threads: int, shape: Sequence[int]):
-    session = _ort_session(graph, threads)
-    name = session.get_inputs()[0].name
-    array = np.random.default_rng(0).random([int(d) for d in shape], dtype=np.float32)
-    return lambda: session.run(None, {name: array})
+    from detprune.runtime.ort import ort_runner
+
+    return ort_runner(graph, threads, shape)
 
 
 def _time_layer_ort(module, act, input_shape, grid_in, grid_out, threads, warmup, runs) -> np.ndarray:
@@ -174,7 +179,7 @@ def _time_layer_ort(module, act, input_shape, grid_in, grid_out, threads, warmup
 
 
 def _time_layer_cuda(module, act, input_shape, grid_in, grid_out, warmup, runs) -> np.ndarray:
-    from detprune.export.latency import measure_latency
+    from detprune.runtime import measure_latency
 
     ms = np.zeros((len(grid_in), len(grid_out)))
     for i, c_in in enumerate(grid_in):
@@ -183,7 +188,9 @@ def _time_layer_cuda(module, act, input_shape, grid_in, grid_out, warmup, runs) 
                 layer, shape = nn.Linear(c_in, c_out), [int(np.prod(input_shape[:-1])), c_in]
             else:
                 groups = c_in if entry_op(module) == "depthwise" else 1
-                layer = nn.Conv2d(c_in, c_out, module.kernel_size, module.stride, module.padding, module.dilation, groups)
+                layer = nn.Conv2d(
+                    c_in, c_out, module.kernel_size, module.stride, module.padding, module.dilation, groups
+                )
                 shape = [input_shape[0], c_in, *input_shape[2:]]
             block = nn.Sequential(layer, copy.deepcopy(act)) if act is not None else layer
             ms[i, j] = measure_latency("torch-cuda", block, shape, warmup, runs).median_ms
@@ -209,28 +216,38 @@ class RoiRider:
 def roi_riders(adapter, model: nn.Module, coupled) -> list[RoiRider]:
     """The RoIAlign of a two-stage detector (``adapter.roi_pool_points``), from the traced calls:
     the finest level read (the output of the first FPN layer), the proposals the reader sees."""
-    points = getattr(adapter, "roi_pool_points", None)
-    if points is None:
+    points = adapter.roi_pool_points(model)
+    if not points:
         return []
     from detprune.pruning.latency_table import movable_sides
 
     by_module = {id(call.module): (name, call) for name, call in call_names(coupled)}
     movable = movable_sides(coupled)
     riders = []
-    for reader, level, pool in points(model):
+    for reader, level, pool in points:
         if id(reader) not in by_module or id(level) not in by_module:
             continue
         name, reader_call = by_module[id(reader)]
         _, level_call = by_module[id(level)]
         feature = [int(d) for d in level_call.output_shape]
         image_h = int(coupled.calls[0].input_shape[2]) if coupled.calls else feature[2]
-        riders.append(RoiRider(
-            name=name + RIDER_SUFFIX, channels=feature[1],
-            movable=level_call.node is not None and (id(level_call.node), "out") in movable,
-            feature_shape=feature, rois=int(reader_call.input_shape[0]),
-            output_size=[int(s) for s in (pool.output_size if isinstance(pool.output_size, (tuple, list)) else (pool.output_size,) * 2)],
-            sampling_ratio=int(pool.sampling_ratio), spatial_scale=feature[2] / image_h,
-        ))
+        riders.append(
+            RoiRider(
+                name=name + RIDER_SUFFIX,
+                channels=feature[1],
+                movable=level_call.node is not None and (id(level_call.node), "out") in movable,
+                feature_shape=feature,
+                rois=int(reader_call.input_shape[0]),
+                output_size=[
+                    int(s)
+                    for s in (
+                        pool.output_size if isinstance(pool.output_size, (tuple, list)) else (pool.output_size,) * 2
+                    )
+                ],
+                sampling_ratio=int(pool.sampling_ratio),
+                spatial_scale=feature[2] / image_h,
+            )
+        )
     return riders
 
 
@@ -238,21 +255,15 @@ def roi_riders(adapter, model: nn.Module, coupled) -> list[RoiRider]:
 
 
 def _artifacts(adapter, models: dict[str, nn.Module], imgsz, backend, work: Path) -> dict:
-    from detprune.export.onnx import export_onnx
+    from detprune.runtime import prepare
 
-    out = {}
-    for tag, model in models.items():
-        module = adapter.export_module(model)
-        if backend == "torch-cuda":
-            out[tag] = module
-        else:
-            out[tag] = export_onnx(module, adapter.example_inputs(model, imgsz), work / f"{tag}.onnx", check=False).path
-    return out
+    return {tag: prepare(backend, adapter.export_module(model), adapter.example_inputs(model, imgsz), work, tag)
+            for tag, model in models.items()}
 
 
 def time_models(adapter, models: dict[str, nn.Module], imgsz, backend, threads, warmup, runs) -> dict[str, float]:
     """Median ms of each whole model; interleaved round by round on ONNX Runtime."""
-    from detprune.export.latency import measure_latency
+    from detprune.runtime import measure_latency
 
     first = next(iter(models.values()))
     shape = list(adapter.example_inputs(first, imgsz).shape)
@@ -268,7 +279,7 @@ def time_models(adapter, models: dict[str, nn.Module], imgsz, backend, threads, 
 
 
 def device_name(backend: str) -> str:
-    from detprune.export.latency import cpu_name
+    from detprune.runtime import cpu_name
 
     if backend == "onnxruntime":
         return cpu_name()
@@ -284,7 +295,7 @@ def latency_table(adapter, model: nn.Module, *, backend: str = "onnxruntime", im
     ``model`` must be prepared (``adapter.prepare_for_pruning``) and is not changed. A table
     built here is checked on ``check_cuts`` random cuts (0: none) and the error printed.
     """
-    from detprune.export.latency import default_threads
+    from detprune.runtime import default_threads
     from detprune.pruning.groups import enumerate_groups
     from detprune.pruning.latency_target import check_backend
     from detprune.pruning.pruner import trace_forward
@@ -306,7 +317,9 @@ def latency_table(adapter, model: nn.Module, *, backend: str = "onnxruntime", im
         table = LatencyTable.load(path)
         say(f"reusing {table.summary()} ({path})")
         return table
-    table = _measure_table(coupled, model, key, backend, device, example, threads, points, round_to, warmup, runs, riders)
+    table = _measure_table(
+        coupled, model, key, backend, device, example, threads, points, round_to, warmup, runs, riders
+    )
     table = calibrate_and_check(adapter, model, table, imgsz=imgsz, cuts=check_cuts, runs=check_runs, seed=seed,
                                 round_to=round_to)
     table.save(path)
@@ -333,10 +346,14 @@ def _measure_table(coupled, model, key, backend, device, example, threads, point
         grid_in = grid_out if op == "depthwise" else grid_widths(c_in, moves_in, points, round_to)
         act = activation_after(model, name.rsplit("#", 1)[0]) if "#" in name else None
         if op == "depthwise":  # one axis: time the diagonal, spread over the square grid
-            ms = _square([_one(backend, m, act, call.input_shape, [c], [c], threads, warmup, runs)[0, 0] for c in grid_out])
+            ms = _square(
+                [_one(backend, m, act, call.input_shape, [c], [c], threads, warmup, runs)[0, 0] for c in grid_out]
+            )
         else:
             ms = _one(backend, m, act, call.input_shape, grid_in, grid_out, threads, warmup, runs)
-        layers[name] = LayerTiming(op, c_in, c_out, list(map(int, grid_in)), list(map(int, grid_out)), monotone(ms).tolist())
+        layers[name] = LayerTiming(
+            op, c_in, c_out, list(map(int, grid_in)), list(map(int, grid_out)), monotone(ms).tolist()
+        )
         bar.update()
     bar.close()
     for rider in riders:
@@ -350,10 +367,20 @@ def _time_rider(rider, backend: str, threads, points: int, round_to: int, warmup
         raise UnsupportedError(f"RoIAlign is timed on onnxruntime only; a {backend} table of a two-stage detector "
                                "would miss it: use --latency-search flops")
     grid = grid_widths(rider.channels, rider.movable, points, round_to)
-    runners = [_ort_runner(roi_align_graph(rider.feature_shape, c, rider.rois, rider.output_size, rider.sampling_ratio,
-                                           rider.spatial_scale), threads, [1, c, *rider.feature_shape[2:]]) for c in grid]
+    runners = [
+        _ort_runner(
+            roi_align_graph(
+                rider.feature_shape, c, rider.rois, rider.output_size, rider.sampling_ratio, rider.spatial_scale
+            ),
+            threads,
+            [1, c, *rider.feature_shape[2:]],
+        )
+        for c in grid
+    ]
     ms = _square(time_interleaved(runners, warmup, runs))
-    return LayerTiming("roi_align", rider.channels, rider.channels, list(map(int, grid)), list(map(int, grid)), monotone(ms).tolist())
+    return LayerTiming(
+        "roi_align", rider.channels, rider.channels, list(map(int, grid)), list(map(int, grid)), monotone(ms).tolist()
+    )
 
 
 def _square(diagonal: Sequence[float]) -> np.ndarray:

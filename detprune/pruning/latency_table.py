@@ -89,7 +89,9 @@ def monotone(ms: np.ndarray) -> np.ndarray:
     return np.maximum.accumulate(out, axis=1)
 
 
-def grid_widths(width: int, movable: bool, points: int = DEFAULT_POINTS, round_to: int = 8, low: float = 0.2) -> list[int]:
+def grid_widths(
+    width: int, movable: bool, points: int = DEFAULT_POINTS, round_to: int = 8, low: float = 0.2
+) -> list[int]:
     """``points`` widths from ``low`` x ``width`` to ``width`` on the rounding grid; ``[width]`` if fixed."""
     if not movable or width <= round_to:
         return [int(width)]
@@ -195,7 +197,12 @@ def fingerprint(coupled) -> list:
     rows = []
     for name, call in call_names(coupled):
         m = call.module
-        attrs = [type(m).__name__, list(getattr(m, "kernel_size", ())), list(getattr(m, "stride", ())), getattr(m, "groups", 1)]
+        attrs = [
+            type(m).__name__,
+            list(getattr(m, "kernel_size", ())),
+            list(getattr(m, "stride", ())),
+            getattr(m, "groups", 1),
+        ]
         rows.append([name, attrs, list(call.input_shape), list(call.output_shape)])
     return rows
 
@@ -241,7 +248,9 @@ class LatencyCost(GroupCost):
         names = {id(call): name for name, call in call_names(coupled)}
         missing = [n for n in names.values() if n not in table.layers]
         if missing:
-            raise BadInputError(f"the latency table {table.key[:12]} does not time layer {missing[0]}: built for another architecture")
+            raise BadInputError(
+                f"the latency table {table.key[:12]} does not time layer {missing[0]}: built for another architecture"
+            )
         self._name = names
 
     def _moved_ms(self, widths) -> float:

@@ -9,7 +9,7 @@ first candidate whose measured ratio lies within ``tolerance`` of the target.
 
 Measurements are noisy, so the tolerance is relative (5% by default: a target of 0.6 accepts
 0.57..0.63), ONNX Runtime candidates are timed interleaved with the original
-(:func:`onnxruntime_side_by_side`) after a warm-up, and the GPU backends time the original
+(:func:`detprune.runtime.time_side_by_side`) after a warm-up, and the GPU backends time the original
 again beside every candidate.
 """
 
@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from detprune.adapters.base import DetectorAdapter
-from detprune.errors import DetpruneError, UnsupportedError
+from detprune.errors import DetpruneError
 from detprune.pruning.pruner import PruneResult, prune_model
 from detprune.pruning.targets import check_fraction
 
@@ -87,16 +87,9 @@ class LatencySearch:
 
 def check_backend(backend: str) -> None:
     """A one-line error, before anything is pruned, where ``backend`` cannot run on this machine."""
-    from detprune.export.latency import BACKENDS
+    from detprune.runtime import check_backend as check
 
-    if backend not in BACKENDS:
-        raise DetpruneError(f"unknown latency backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend in ("torch-cuda", "tensorrt") and not torch.cuda.is_available():
-        raise UnsupportedError(f"the {backend} backend needs a CUDA GPU; PyTorch sees none (torch.cuda.is_available() is False)")
-    if backend == "tensorrt":
-        from detprune.export.tensorrt import import_tensorrt
-
-        import_tensorrt()
+    check(backend)
 
 
 def prune_to_latency(
@@ -158,8 +151,10 @@ def prune_to_latency(
         raise DetpruneError(f"--target-latency {target:g}: no candidate could be pruned ({search.candidates[-1].note})")
     closest = min(measured, key=lambda c: abs(c.latency_ratio - target))
     raise DetpruneError(
-        f"--target-latency {target:g} not reached on {backend} within {tolerance:.0%}: the closest measured latency ratio "
-        f"was {closest.latency_ratio:.3f} (at {closest.flops_kept:.1%} of the FLOPs) after {len(search.candidates)} candidates"
+        f"--target-latency {target:g} not reached on {backend} within {tolerance:.0%}: the closest measured latency "
+        f"ratio "
+        f"was {closest.latency_ratio:.3f} (at {closest.flops_kept:.1%} of the FLOPs) after {len(search.candidates)} "
+        f"candidates"
     )
 
 
@@ -194,8 +189,17 @@ def prune_by_table(
     if not 0 < tolerance < 1:
         raise DetpruneError(f"latency tolerance must lie in (0, 1), got {tolerance}")
     backend = table.backend
-    search = LatencySearch(target, backend, tolerance, int(prune_options.get("round_to", 8)), imgsz, warmup, runs,
-                           method="table", table={"key": table.key, "check": {k: v for k, v in table.check.items() if k != "rows"}})
+    search = LatencySearch(
+        target,
+        backend,
+        tolerance,
+        int(prune_options.get("round_to", 8)),
+        imgsz,
+        warmup,
+        runs,
+        method="table",
+        table={"key": table.key, "check": {k: v for k, v in table.check.items() if k != "rows"}},
+    )
     say = progress or (lambda _: None)
     results: list[PruneResult] = []
     aim = target
@@ -203,7 +207,7 @@ def prune_by_table(
         timer = CandidateTimer(adapter, model, backend, imgsz, warmup, runs, threads, Path(work))
         if refinements < 0:
             raise DetpruneError(f"refinements must be >= 0, got {refinements}")
-        for step in range(1 + refinements):
+        for _ in range(1 + refinements):
             try:
                 result = prune_model(adapter, copy.deepcopy(model), scores, target_latency=aim, latency_table=table,
                                      imgsz=imgsz, **prune_options)
@@ -246,7 +250,9 @@ def next_aim(candidates: list[Candidate], target: float) -> float:
     return last.latency_aim * target / last.latency_ratio  # the table was off by measured / predicted
 
 
-def _measure(adapter, model, scores, fraction, imgsz, timer: "CandidateTimer", prune_options) -> tuple[Candidate, PruneResult | None]:
+def _measure(
+    adapter, model, scores, fraction, imgsz, timer: "CandidateTimer", prune_options
+) -> tuple[Candidate, PruneResult | None]:
     candidate_model = copy.deepcopy(model)
     try:
         result = prune_model(adapter, candidate_model, scores, target_flops=fraction, imgsz=imgsz, **prune_options)
@@ -274,18 +280,13 @@ class CandidateTimer:
             self.original_artifact = self._artifact(self.original, "original")
         candidate = self._artifact(pruned, f"candidate{self.count}")
         shape = self._shape(self.original)
-        if self.backend == "onnxruntime":
-            from detprune.export.latency import onnxruntime_side_by_side
+        from detprune.runtime import time_side_by_side
 
-            stats = onnxruntime_side_by_side({"original": self.original_artifact, "pruned": candidate}, shape,
-                                             self.warmup, self.runs, threads=self.threads)
-            first, second = stats["original"], stats["pruned"]
-        else:
-            from detprune.export.latency import measure_latency
-
-            # the original again beside each candidate: GPU clocks drift between measurements
-            first = measure_latency(self.backend, self.original_artifact, shape, self.warmup, self.runs)
-            second = measure_latency(self.backend, candidate, shape, self.warmup, self.runs)
+        # the original again beside each candidate, in one session (interleaved on ONNX Runtime):
+        # machine load and GPU clocks drift between measurements
+        stats = time_side_by_side(self.backend, {"original": self.original_artifact, "pruned": candidate}, shape,
+                                  self.warmup, self.runs, threads=self.threads)
+        first, second = stats["original"], stats["pruned"]
         self.device = first.device
         return first.median_ms, second.median_ms
 
@@ -293,21 +294,8 @@ class CandidateTimer:
         return list(self.adapter.example_inputs(model, self.imgsz).shape)
 
     def _artifact(self, model: nn.Module, tag: str):
-        """What the backend times: an ONNX file, an nn.Module, or a TensorRT engine."""
-        module = self.adapter.export_module(model)
-        if self.backend == "torch-cuda":
-            return module
-        from detprune.export.onnx import export_onnx
+        """What the backend times: an ONNX file, an nn.Module, or a TensorRT engine (FP16)."""
+        from detprune.runtime import prepare
 
         example = self.adapter.example_inputs(model, self.imgsz)
-        path = export_onnx(module, example, self.work / f"{tag}.onnx", check=False).path
-        if self.backend == "onnxruntime":
-            return path
-        from detprune.export.precision import convert_fp16
-        from detprune.export.tensorrt import build_engine, import_tensorrt, version_major
-
-        if version_major(import_tensorrt().__version__) >= 11:  # strongly typed: precision comes from the graph
-            path = convert_fp16(path, self.work / f"{tag}.fp16.onnx").path
-        engine = self.work / f"{tag}.engine"
-        build_engine(path, engine, precision="fp16", timing_cache=self.work / "timing.cache")
-        return engine
+        return prepare(self.backend, self.adapter.export_module(model), example, self.work, tag)

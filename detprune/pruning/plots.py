@@ -24,7 +24,9 @@ ROWS_PER_COLUMN = 36
 FONT_PT = 8
 
 
-def channels_figure(before: Mapping[str, int], after: Mapping[str, int], *, title: str = "Output channels per layer") -> Figure:
+def channels_figure(
+    before: Mapping[str, int], after: Mapping[str, int], *, title: str = "Output channels per layer"
+) -> Figure:
     """The chart of ``before`` and ``after`` (``{layer: output channels}``) as a matplotlib Figure."""
     layers = list(before)
     if not layers:
@@ -57,7 +59,11 @@ def channels_figure(before: Mapping[str, int], after: Mapping[str, int], *, titl
     ]
     fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize=FONT_PT + 1, frameon=False)
     total_before, total_after = sum(before.values()), sum(after.get(n, 0) for n in layers)
-    fig.suptitle(f"{title}: {total_after}/{total_before} channels kept ({total_after / total_before:.0%})" if total_before else title)
+    fig.suptitle(
+        f"{title}: {total_after}/{total_before} channels kept ({total_after / total_before:.0%})"
+        if total_before
+        else title
+    )
     return fig
 
 

@@ -65,7 +65,8 @@ class WidthPrior:
         return tuple(int(rng.choice(len(p), p=p)) if rng.random() < rate else i for i, p in zip(subnet, probs))
 
     def repair(self, subnet: Sequence[int], low: float, high: float, rng: np.random.Generator) -> Subnet:
-        """Step random groups' widths down (too many FLOPs) or up (too few) until the FLOPs fraction lies in [low, high].
+        """Step random groups' widths down (too many FLOPs) or up (too few) until the FLOPs fraction lies in [low,
+        high].
 
         Far from the window several groups step at once (about half the steps the gap needs,
         at the FLOPs per step seen last), near it one at a time; a step that jumps over the
@@ -94,7 +95,9 @@ class WidthPrior:
             per_step = max(abs(f - before) / moves, 1e-6)
         return best
 
-    def update(self, subnets: Sequence[Subnet], flops: Sequence[float], quality: Sequence[float], lr: float = 0.5) -> dict:
+    def update(
+        self, subnets: Sequence[Subnet], flops: Sequence[float], quality: Sequence[float], lr: float = 0.5
+    ) -> dict:
         """Move the logits towards the width options of subnets whose quality beats the FLOPs fit.
 
         Returns the fit and the advantages (also appended to ``updates``).

@@ -37,20 +37,23 @@ from detprune.pruning.allocation import (
     DEFAULT_MAX_RATIO,
     DEFAULT_MIN_CHANNELS,
     DEFAULT_ROUND_TO,
-    NORMALISATIONS,
-    Allocator,
     Limits,
     group_scores,
     plan_from_kept,
     removal_orders,
-    default_normalisation,
-    resolve_allocation,
     select_channels,
 )
 from detprune.pruning.flops import Cost, CostModel, measure
 from detprune.pruning.groups import ROOT_TYPES, CoupledGroups, enumerate_groups
-from detprune.pruning.knapsack import COSTS, AnalyticCost, KnapsackAllocator
 from detprune.pruning.latency_table import LatencyCost
+from detprune.pruning.policies import (
+    AllocationContext,
+    AllocationPolicy,
+    check_normalisation,
+    get_cost,
+    resolve_allocation,
+    target_metric,
+)
 from detprune.pruning.targets import DEFAULT_TOLERANCE, Target, check_fraction, make_target, search
 
 
@@ -105,8 +108,7 @@ class PruneResult:
 def trace_forward(adapter: DetectorAdapter, model: nn.Module):
     """The adapter's ``forward_fn`` for tracing and counting, if it has one (Faster R-CNN does:
     its eval forward detaches the RPN, so ``model(inputs)`` would hide the RPN head's coupling)."""
-    options = getattr(adapter, "dependency_graph_options", None)
-    return (options(model) or {}).get("forward_fn") if options is not None else None
+    return (adapter.dependency_graph_options(model) or {}).get("forward_fn")
 
 
 def conv_channels(model: nn.Module) -> dict[str, int]:
@@ -129,7 +131,7 @@ def prune_model(
     ratio: float | None = None,
     target_latency: float | None = None,
     latency_table=None,
-    allocation: str | None = None,
+    allocation: str | AllocationPolicy | None = None,
     cost: str | None = None,
     width_scores: Mapping[str, torch.Tensor] | None = None,
     subsets=None,
@@ -137,6 +139,7 @@ def prune_model(
     round_to: int = DEFAULT_ROUND_TO,
     min_channels: int = DEFAULT_MIN_CHANNELS,
     max_ratio: float = DEFAULT_MAX_RATIO,
+    limits: Limits | None = None,
     normalisation: str | None = None,
     imgsz: int | Sequence[int] = 320,
     tolerance: float = DEFAULT_TOLERANCE,
@@ -149,10 +152,13 @@ def prune_model(
     (fractions KEPT) or ``ratio`` (fraction of channels REMOVED; 0 = no change) goes with
     ``scores``. ``model`` must be prepared (``adapter.prepare_for_pruning``).
 
-    ``allocation``: how many channels each group keeps: ``global`` (default; one threshold on
+    ``allocation``: how many channels each group keeps, a registered name or an
+    :class:`~detprune.pruning.policies.AllocationPolicy`: ``global`` (default; one threshold on
     the normalised ranking), ``uniform`` (the same fraction of every group) or ``cost`` (a
     greedy knapsack on importance per unit of ``cost``: ``flops`` or ``params``, by default
-    the kind of the target, FLOPs for a ratio). ``global_ranking`` is the older switch
+    the kind of the target, FLOPs for a ratio). ``limits`` (a
+    :class:`~detprune.pruning.allocation.Limits`) replaces ``round_to``, ``min_channels`` and
+    ``max_ratio`` where given. ``global_ranking`` is the older switch
     (True = global, False = uniform). ``width_scores``: scores of another criterion to
     allocate the widths on; ``scores`` then only choose which channels of each group stay.
     ``subsets``: a criterion that chooses each group's channels jointly at the width the
@@ -163,21 +169,24 @@ def prune_model(
     architecture) prices candidates by predicted latency: ``target_latency`` is the fraction of
     the predicted latency to keep, and ``cost="latency"`` the knapsack's cost (HALP).
     """
-    limits = Limits(round_to=round_to, min_channels=min_channels, max_ratio=max_ratio)
-    allocation = resolve_allocation(allocation, global_ranking)
-    normalisation = normalisation or default_normalisation(allocation)
-    if normalisation not in NORMALISATIONS:
-        raise DetpruneError(f"unknown normalisation {normalisation!r}; choose from {', '.join(NORMALISATIONS)}")
+    if limits is None:
+        limits = Limits(round_to=round_to, min_channels=min_channels, max_ratio=max_ratio)
+    round_to, min_channels, max_ratio = limits.round_to, limits.min_channels, limits.max_ratio
+    policy = resolve_allocation(allocation, global_ranking)
+    allocation = policy.name
+    normalisation = check_normalisation(normalisation or policy.normalisation)
     target = _target(ratio, target_flops, target_params, target_latency, latency_table)
     if kept is not None:
         if target is not None:
-            raise DetpruneError("kept channel sets fix the amount pruned: give no ratio or FLOPs/params target with them")
+            raise DetpruneError(
+                "kept channel sets fix the amount pruned: give no ratio or FLOPs/params target with them"
+            )
     elif scores is None:
         raise DetpruneError("prune_model needs channel scores (or kept channel sets)")
     elif target is None:
         raise DetpruneError("give a target: ratio, target_flops or target_params")
-    cost = _cost_kind(allocation, cost, target)
-    if cost == "latency" and latency_table is None:
+    cost = policy.cost_kind(cost, target.kind if target is not None else None)
+    if cost is not None and get_cost(cost).needs_latency_table and latency_table is None:
         raise DetpruneError("cost='latency' prices removals by a measured latency table: give latency_table")
     if width_scores is not None and kept is not None:
         raise DetpruneError("kept channel sets fix the widths: give no width_scores with them")
@@ -205,8 +214,8 @@ def prune_model(
         worders = removal_orders(coupled, wscores) if width_scores is not None else orders
         cost_model = CostModel(coupled, before, worders)
         latency = None if latency_table is None else LatencyCost(latency_table, coupled, cost_model)
-        allocator = _allocator(allocation, cost, coupled, wscores, worders, limits, cost_model, latency)
-        metric = _metric(target, before, cost_model, allocator, latency)
+        allocator = policy.allocator(AllocationContext(coupled, wscores, worders, limits, cost_model, cost, latency))
+        metric = target_metric(target.kind, before, cost_model, allocator, latency)
         hint = (
             f" with min_channels={min_channels}, max_ratio={max_ratio:g}, round_to={round_to}"
             " and the protected layers"
@@ -268,17 +277,6 @@ def prune_model(
     )
 
 
-def _cost_kind(allocation: str, cost: str | None, target: Target | None) -> str | None:
-    """The cost a ``cost`` allocation spends: as given, else the target's kind (FLOPs for a ratio)."""
-    if cost is not None and cost not in COSTS:
-        raise DetpruneError(f"unknown cost {cost!r}; choose from {', '.join(COSTS)}")
-    if allocation != "cost":
-        if cost is not None:
-            raise DetpruneError(f"cost={cost!r} applies to allocation='cost' only (got allocation={allocation!r})")
-        return None
-    return cost or (target.kind if target is not None and target.kind in COSTS else "flops")
-
-
 def _subset_plan(coupled, subsets, removal: Mapping[int, int], orders: Mapping[int, np.ndarray]):
     """(plan, orders): each group's removed positions from ``subsets``, and orders that list them first."""
     by_index = {g.index: g for g in coupled.groups}
@@ -289,7 +287,9 @@ def _subset_plan(coupled, subsets, removal: Mapping[int, int], orders: Mapping[i
             continue
         removed = np.asarray(subsets.removed_positions(coupled, by_index[g], int(n)), dtype=np.int64)
         if len(removed) != n or not set(removed.tolist()) <= set(by_index[g].prunable.tolist()):
-            raise DetpruneError(f"group {g}: the subset criterion removed {len(removed)} channels, not {n} prunable ones")
+            raise DetpruneError(
+                f"group {g}: the subset criterion removed {len(removed)} channels, not {n} prunable ones"
+            )
         plan[g] = removed
         new_orders[g] = np.concatenate([removed, np.setdiff1d(orders.get(g, by_index[g].prunable), removed)])
     return plan, new_orders
@@ -304,23 +304,6 @@ def _target(ratio, target_flops, target_params, target_latency, latency_table) -
     if latency_table is None:
         raise DetpruneError("target_latency is predicted by a measured latency table: give latency_table")
     return Target("latency", check_fraction("target_latency", target_latency))
-
-
-def _allocator(allocation, cost, coupled, scores, orders, limits, cost_model, latency=None):
-    if allocation == "cost":
-        priced = latency if cost == "latency" else AnalyticCost(cost_model, cost)
-        return KnapsackAllocator(coupled, scores, orders, limits, priced)
-    return Allocator(coupled, scores, orders, limits, global_ranking=allocation == "global")
-
-
-def _metric(target: Target, before: Cost, cost_model: CostModel, allocator: Allocator, latency=None):
-    if target.kind == "latency":
-        return latency.fraction
-    if target.kind == "ratio":
-        return allocator.removed_fraction
-    if target.kind == "flops":
-        return lambda removal: cost_model.predict(removal).macs / before.macs
-    return lambda removal: cost_model.predict(removal).params / before.params
 
 
 def apply_plan(coupled: CoupledGroups, plan: Mapping[int, np.ndarray]) -> list[GroupRemoval]:
@@ -344,7 +327,9 @@ def apply_plan(coupled: CoupledGroups, plan: Mapping[int, np.ndarray]) -> list[G
         module = coupled.module(g.root)
         pruner = graph.get_pruner_of_module(module)
         root_channels = sorted(g.channels[positions].tolist())
-        pending.append((g, positions, root_channels, graph.get_pruning_group(module, pruner.prune_out_channels, root_channels)))
+        pending.append(
+            (g, positions, root_channels, graph.get_pruning_group(module, pruner.prune_out_channels, root_channels))
+        )
 
     taken: dict[tuple[int, str], np.ndarray] = {}  # (module, side) -> indices cut so far, original numbering
     removals = []
@@ -388,7 +373,10 @@ def _check_widths(model: nn.Module, widths: dict[str, int], removals: list[Group
 
 
 def apply_removals(
-    adapter: DetectorAdapter, model: nn.Module, removed: Sequence[GroupRemoval | Mapping], imgsz: int | Sequence[int] = 320
+    adapter: DetectorAdapter,
+    model: nn.Module,
+    removed: Sequence[GroupRemoval | Mapping],
+    imgsz: int | Sequence[int] = 320,
 ) -> CoupledGroups:
     """Replay a recorded cut (``PruneResult.removed`` or its JSON form) on a fresh prepared model."""
     coupled = enumerate_groups(
@@ -397,7 +385,9 @@ def apply_removals(
     by_root = {g.root: g for g in coupled.groups}
     plan = {}
     for record in removed:
-        root, channels = (record.root, record.channels) if isinstance(record, GroupRemoval) else (record["root"], record["channels"])
+        root, channels = (
+            (record.root, record.channels) if isinstance(record, GroupRemoval) else (record["root"], record["channels"])
+        )
         group = by_root.get(root)
         if group is None:
             raise DetpruneError(f"recorded cut names group root {root!r}, which this model does not have")

@@ -83,7 +83,9 @@ class LatencyBudget:
         self.adapter, self.space, self.target, self.backend = adapter, space, target, backend
         self.original = copy.deepcopy(model)  # unmasked weights are irrelevant to timing; shapes are what count
         self._work = tempfile.TemporaryDirectory(prefix="detprune-search-latency-")
-        self.timer = CandidateTimer(adapter, self.original, backend, space.imgsz, warmup, runs, threads, Path(self._work.name))
+        self.timer = CandidateTimer(
+            adapter, self.original, backend, space.imgsz, warmup, runs, threads, Path(self._work.name)
+        )
         self.cache: dict[Subnet, float] = {}
         self.window = (WINDOW * target, target)  # in FLOPs, until calibrated
         self.seconds = 0.0
@@ -127,7 +129,8 @@ class Evolution:
     best: Subnet
     fitness: float
     budget_value: float
-    history: list[dict] = field(default_factory=list)  # generation, flops, fitness, budget value, feasible, widths index
+    # generation, flops, fitness, budget value, feasible, widths index
+    history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
 
     def as_dict(self) -> dict:
@@ -182,9 +185,9 @@ def evolve(
         ranked = sorted((s for s, e in seen.items() if e["feasible"]), key=lambda s: -seen[s]["fitness"])[:parents]
 
         def child() -> Subnet:
-            if len(ranked) < 2:  # too few feasible parents yet: fresh draws from the prior
+            if len(ranked) < 2:  # too few feasible parents yet: fresh draws from the prior  # noqa: B023
                 return prior.draw(rng)
-            a, b = (ranked[int(i)] for i in rng.choice(len(ranked), 2, replace=False))
+            a, b = (ranked[int(i)] for i in rng.choice(len(ranked), 2, replace=False))  # noqa: B023
             if rng.random() < 0.5:
                 return tuple(x if rng.random() < 0.5 else y for x, y in zip(a, b))
             return prior.mutate(a, mutation, rng)

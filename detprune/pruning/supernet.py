@@ -123,7 +123,9 @@ class WidthSpace:
     def check(self, subnet: Sequence[int]) -> Subnet:
         subnet = tuple(int(i) for i in subnet)
         if len(subnet) != len(self.choices) or any(not 0 <= i < n for i, n in zip(subnet, self.options)):
-            raise BadInputError(f"a subnet needs one width index per group ({len(self.choices)} groups) within its choices")
+            raise BadInputError(
+                f"a subnet needs one width index per group ({len(self.choices)} groups) within its choices"
+            )
         return subnet
 
     def widths(self, subnet: Sequence[int]) -> dict[str, int]:
@@ -143,7 +145,9 @@ class WidthSpace:
 
     def removal(self, subnet: Sequence[int]) -> dict[int, int]:
         """{group index: channels removed}, the cost model's input."""
-        return {c.group: c.size - int(c.widths[i]) for c, i in zip(self.choices, self.check(subnet)) if c.widths[i] < c.size}
+        return {
+            c.group: c.size - int(c.widths[i]) for c, i in zip(self.choices, self.check(subnet)) if c.widths[i] < c.size
+        }
 
     def cost(self, subnet: Sequence[int]) -> Cost:
         return self.cost_model.predict(self.removal(subnet))

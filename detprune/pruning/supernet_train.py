@@ -124,7 +124,9 @@ def train_supernet(
         with scoring_state(model, train=True, parameter_grads=True), masks.active():
             for p in frozen:
                 p.requires_grad_(False)
-            for batch in progress_bar(batches, total=per_epoch, desc=f"supernet {epoch + 1}/{epochs}", disable=not progress):
+            for batch in progress_bar(
+                batches, total=per_epoch, desc=f"supernet {epoch + 1}/{epochs}", disable=not progress
+            ):
                 for group in optimizer.param_groups:
                     group["lr"] = step_lr * _schedule(record.steps, per_epoch if epochs > 1 else 0, total)
                 counts = slice_counts(len(batch), subnets_per_step)
@@ -140,7 +142,9 @@ def train_supernet(
                 record.steps += 1
         record.epoch_loss.append(float(np.mean(losses)) if losses else float("nan"))
         if probe_subnets >= 3:
-            record.prior_updates.append(update_prior(adapter, model, masks, prior, probe_batch, probe_subnets, prior_lr, rng))
+            record.prior_updates.append(
+                update_prior(adapter, model, masks, prior, probe_batch, probe_subnets, prior_lr, rng)
+            )
     record.seconds = time.perf_counter() - tick
     return record
 

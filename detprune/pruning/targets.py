@@ -60,12 +60,18 @@ def check_fraction(name: str, value, *, allow_zero: bool = False, allow_one: boo
 
 
 def make_target(
-    *, ratio: float | None = None, target_flops: float | None = None, target_params: float | None = None, strict: bool = False
+    *,
+    ratio: float | None = None,
+    target_flops: float | None = None,
+    target_params: float | None = None,
+    strict: bool = False,
 ) -> Target | None:
     """The one target given, validated; ``None`` if none is. ``strict`` refuses the no-op ends 0 and 1."""
     given = {k: v for k, v in (("ratio", ratio), ("flops", target_flops), ("params", target_params)) if v is not None}
     if len(given) > 1:
-        raise DetpruneError("give one target: ratio, target_flops or target_params, not " + " and ".join(_FLAG[k] for k in given))
+        raise DetpruneError(
+            "give one target: ratio, target_flops or target_params, not " + " and ".join(_FLAG[k] for k in given)
+        )
     if not given:
         return None
     kind, value = next(iter(given.items()))
@@ -121,7 +127,8 @@ def search(
         raise DetpruneError(
             f"{_FLAG[target.kind]}={target.value:g} falls between two reachable steps, "
             f"{_FLAG[target.kind]}={best.achieved:.3f} and {other.achieved:.3f}, neither within "
-            f"{tolerance:.0%}; closest reachable {_FLAG[target.kind]}={best.achieved:.3f} (a smaller round_to gives finer steps)"
+            f"{tolerance:.0%}; closest reachable {_FLAG[target.kind]}={best.achieved:.3f} (a smaller round_to gives "
+            f"finer steps)"
         )
     return best
 

@@ -1,22 +1,6 @@
-"""Fine-tuning that keeps the pruned structure: the ultralytics trainer receives the pruned module.
+"""Family-neutral fine-tuning helpers: structure checks (:mod:`~detprune.train.structure`) and the
+distillation rules every family shares (:mod:`~detprune.train.distill`).
 
-``finetune_yolo`` (in :mod:`detprune.train.yolo_trainer`) is the entry point; it is imported on
-first use so that ``import detprune.train`` does not import ultralytics.
+Each family's trainer lives in its own package (``detprune.adapters.yolo.trainer``,
+``detprune.adapters.rcnn.trainer``) and is reached through ``DetectorAdapter.finetune``.
 """
-
-from __future__ import annotations
-
-import importlib
-
-_API = {
-    "finetune_yolo": "detprune.train.yolo_trainer",
-    "FinetuneResult": "detprune.train.yolo_trainer",
-}
-
-__all__ = list(_API)
-
-
-def __getattr__(name: str):
-    if name not in _API:
-        raise AttributeError(f"module 'detprune.train' has no attribute {name!r}")
-    return getattr(importlib.import_module(_API[name]), name)

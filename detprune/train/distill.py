@@ -3,8 +3,8 @@
 The unpruned model is the teacher: frozen (eval mode, no gradient), it only supplies targets.
 The pruned model, the student, learns from the labelled frames and from the teacher at once.
 Each family distils in its own trainer: YOLO through ultralytics' ``DistillationModel``
-(:mod:`detprune.train.distill_yolo`), Faster R-CNN in detprune's SGD loop
-(:mod:`detprune.train.distill_rcnn`). This module holds what both share: whether a run
+(:mod:`detprune.adapters.yolo.distill`), Faster R-CNN in detprune's SGD loop
+(:mod:`detprune.adapters.rcnn.distill`). This module holds what both share: whether a run
 distils, and the checks that a teacher fits the student (same family, same classes); each
 family then checks that the feature levels match.
 """
@@ -19,16 +19,11 @@ from detprune.errors import BadInputError
 
 
 def family_of(model: nn.Module) -> str | None:
-    """``"yolo"`` (ultralytics DetectionModel), ``"rcnn"`` (torchvision Faster R-CNN) or None."""
-    from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+    """The registered family that owns ``model`` (``"yolo"``, ``"rcnn"``, ...) or None."""
+    from detprune.adapters.base import adapter_for_model
 
-    if isinstance(model, GeneralizedRCNN):
-        return "rcnn"
-    try:
-        from ultralytics.nn.tasks import DetectionModel
-    except ImportError:  # pragma: no cover - ultralytics is a dependency
-        return None
-    return "yolo" if isinstance(model, DetectionModel) else None
+    adapter = adapter_for_model(model)
+    return adapter.family if adapter is not None else None
 
 
 def use_distillation(distill: bool | None, has_teacher: bool, why_none: str = "no teacher was given") -> bool:
@@ -74,16 +69,11 @@ def check_teacher(teacher: nn.Module, student: nn.Module, class_names) -> None:
 
 def check_pair(teacher: nn.Module, student: nn.Module) -> None:
     """All checks of a teacher against a student, for whichever family the student is."""
-    family = family_of(student)
-    if family_of(teacher) != family:
+    from detprune.adapters.base import adapter_for_model
+
+    adapter = adapter_for_model(student)
+    if family_of(teacher) != (adapter.family if adapter is not None else None):
         check_teacher(teacher, student, lambda model: [])  # raises the family mismatch
-    if family == "yolo":
-        from detprune.train.distill_yolo import check_teacher as check_yolo
-
-        check_yolo(teacher, student)
-    elif family == "rcnn":
-        from detprune.train.distill_rcnn import check_teacher as check_rcnn
-
-        check_rcnn(teacher, student)
-    else:
-        raise BadInputError(f"{type(student).__name__}: distillation supports YOLO and Faster R-CNN students")
+    if adapter is None:
+        raise BadInputError(f"{type(student).__name__}: no detector family owns this model; it cannot distil")
+    adapter.check_teacher(teacher, student)

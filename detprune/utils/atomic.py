@@ -13,6 +13,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import socket
 import stat
@@ -24,7 +25,16 @@ from detprune.errors import DetpruneError
 
 WORK_MARKER = ".detprune-work"  # inside a work folder while it is being filled; removed before the rename
 # errno values that mean "this output cannot be written here", whatever file the writer was at
-_WRITE_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR, errno.EEXIST}
+_WRITE_ERRNOS = {
+    errno.EROFS,
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOENT,
+    errno.ENOTDIR,
+    errno.EEXIST,
+}
 _HINTS = {
     errno.EROFS: "the file system is read-only; choose --out on a writable disk",
     errno.ENOSPC: "the disk is full; free space or choose --out elsewhere",
@@ -102,9 +112,11 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
     """
     target = Path(target)
     _make_parent(target)
+    remove_stale_temp_files(target)
+    existed = os.path.lexists(target)  # the caller decided to replace it; a file appearing meanwhile is not ours
     try:
         fd, tmp = tempfile.mkstemp(
-            prefix=f".{target.name}.", suffix=suffix if suffix is not None else target.suffix, dir=target.parent
+            prefix=_temp_prefix(target), suffix=suffix if suffix is not None else target.suffix, dir=target.parent
         )
         os.close(fd)
     except OSError as err:
@@ -114,7 +126,10 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
         try:
             yield tmp_path
             _as_created(tmp_path, 0o666)  # mkstemp makes 0600: give the mode a plain open() would
-            os.replace(tmp_path, target)
+            if existed:
+                os.replace(tmp_path, target)
+            else:
+                _place_new(tmp_path, target)
         except OSError as err:
             if not (_about(err, tmp_path) or _about(err, target)):
                 raise  # e.g. an input the writer reads is missing: not a fault of the output
@@ -138,6 +153,7 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     target = Path(target)
     _make_parent(target)
     remove_stale_work_dirs(target)
+    existed = os.path.lexists(target)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     except OSError as err:
@@ -148,9 +164,12 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
             yield tmp
             (tmp / WORK_MARKER).unlink(missing_ok=True)
             _as_created(tmp, 0o777)
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
+            if not existed:
+                _place_new(tmp, target)
+            else:
+                if target.exists():
+                    shutil.rmtree(target)
+                os.replace(tmp, target)
         except OSError as err:
             if not _about(err, tmp) and not _about(err, target):
                 raise
@@ -166,6 +185,79 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+class ConcurrentWriteError(DetpruneError):
+    """Another run created the output while this one was writing it."""
+
+
+def _place_new(tmp: Path, target: Path) -> None:
+    """Rename ``tmp`` onto a ``target`` that did not exist when the run started, never replacing one that appeared
+    since.
+
+    Two runs given the same new output both passed their existence check; the second to finish refuses
+    here instead of silently replacing the first one's result.
+    """
+    clash = ConcurrentWriteError(
+        f"{target}: another run created this output while this one was writing it; nothing was replaced "
+        "(choose another --out, or pass --exist-ok to replace it)"
+    )
+    if tmp.is_dir():
+        if os.path.lexists(target):
+            raise clash
+        try:
+            os.rename(tmp, target)  # onto an existing non-empty folder this fails rather than replacing it
+        except OSError as err:
+            if err.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                raise clash from None
+            raise
+        return
+    try:
+        os.link(tmp, target)  # fails if target exists: create-only, unlike rename
+    except FileExistsError:
+        raise clash from None
+    except OSError as err:
+        if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        if os.path.lexists(target):  # a file system without hard links: check, then rename
+            raise clash from None
+        os.replace(tmp, target)
+        return
+    tmp.unlink()
+
+
+# --- temporaries left by killed runs -----------------------------------------------------------
+
+
+def _host_tag() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+
+
+def _temp_prefix(target: Path) -> str:
+    """``.<name>.dp<pid>@<host>.``: the temporary file's own marker, so a later run can tell whose it is."""
+    return f".{target.name}.dp{os.getpid()}@{_host_tag()}."
+
+
+def remove_stale_temp_files(target: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files of ``target`` whose name marks a process of this host that is gone."""
+    from detprune.utils.checkpoints import notice
+
+    target = Path(target)
+    pattern = re.compile(re.escape(f".{target.name}.dp") + r"(\d+)@" + re.escape(_host_tag()) + r"\.")
+    removed: list[Path] = []
+    try:
+        siblings = list(target.parent.iterdir())
+    except OSError:
+        return removed
+    for path in siblings:
+        found = pattern.match(path.name)
+        if found is None or path.is_symlink() or not path.is_file() or _alive(int(found.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            path.unlink()
+            removed.append(path)
+            notice(f"removed {path}, the temporary file of an interrupted run (pid {found.group(1)}) for {target}")
+    return removed
 
 
 # --- work folders left by killed runs ----------------------------------------------------------

@@ -23,7 +23,6 @@ import pickle
 import re
 import sys
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -35,7 +34,8 @@ MODULE_TREES = (
     "ultralytics.nn.modules",
     "ultralytics.nn.tasks",
     "ultralytics.nn.distill_model",
-    "detprune.adapters.yolo_rewrites",
+    "detprune.adapters.yolo.rewrites",
+    "detprune.adapters.yolo_rewrites",  # checkpoints written before adapters/yolo/ was a package
     "torchvision.ops",
 )
 # Classes (not modules) an ultralytics checkpoint stores: the training state's loss and assigner
@@ -50,7 +50,7 @@ class LoadPolicy:
 
     ``trust_checkpoint``: unpickle files that need classes outside the allow-list (can run code).
     ``partial_weights``: load a weights file that matches only part of the model.
-    ``random_init``: build a model that no weights initialise (a Faster R-CNN by name alone).
+    ``random_init``: build a model that no weights initialise (an architecture yaml or name alone).
     """
 
     trust_checkpoint: bool = False
@@ -73,6 +73,19 @@ def load_policy(**changes: bool) -> Iterator[LoadPolicy]:
         yield _POLICY.get()
     finally:
         _POLICY.reset(token)
+
+
+def require_weights(spec: Any, weights_hint: str) -> None:
+    """Refuse to build a detector no weights initialise unless the policy allows it (``--random-init``).
+
+    One rule for every family: pruning, scoring or evaluating random weights gives numbers that look
+    like results and mean nothing, so it is never done without being asked for.
+    """
+    if not current_policy().random_init:
+        raise BadInputError(
+            f"{spec}: no weights given, so this would be a randomly initialised detector (nothing is downloaded); "
+            f"give {weights_hint}, or pass --random-init to start from random weights"
+        )
 
 
 def notice(message: str) -> None:
@@ -154,30 +167,60 @@ def load_torch_file(path: str | Path, *, what: str = "checkpoint") -> Any:
     """
     import torch
 
+    from detprune.utils.torch_archive import check_torch_file
+
     path = Path(path)
     if not path.is_file():
         raise BadInputError(f"{path}: {what} file not found")
+    check_torch_file(path, what)  # layout, repeated members, CRCs: the scan below sees what torch reads
     data = _data_globals()
     needed = _globals_in(path) or []
     refused = [name for name in needed if _allowed(name, data) is None]
     if refused:
         return _untrusted(path, refused[0], what)
     allowed = [(_allowed(name, data), name) for name in needed]
-    constructed = _constructor_calls(path, {name for name, obj in allowed_pairs(allowed) if _is_class_we_add(obj)})
+    constructed = _constructor_calls(
+        path, {name for name, obj in allowed_pairs(allowed) if _is_class_we_add(obj)}, what
+    )
     if constructed:
         return _untrusted(path, constructed, what, why="its constructor would run with arguments from the file")
     try:
         with torch.serialization.safe_globals(allowed), warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # torch's note on pickle protocols it did not write
-            return torch.load(path, map_location="cpu", weights_only=True)
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = _UNSUPPORTED_GLOBAL.search(str(exc))
         name = found.group(1) if found else _first_global(path)
         if name is not None:  # a global the restricted unpickler refused; otherwise the bytes are broken
             return _untrusted(path, name, what)
         raise _damaged(path, exc, what) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+    except Exception as exc:  # the restricted unpickler ran nothing: any failure means broken bytes
         raise _damaged(path, exc, what) from None
+    planted = _planted_call(loaded)
+    if planted:
+        return _untrusted(path, planted, what,
+                          why="it holds a class where the module would call it when run (a hook or an attribute)")
+    return loaded
+
+
+def _planted_call(obj: Any) -> str | None:
+    """A class stored where a loaded module will call it: in a hook table or as an instance attribute.
+
+    Only allow-listed classes can be in the file, and checkpoints never store them there; calling one
+    at run time (``forward`` replaced, a forward hook) would run its constructor with runtime arguments.
+    """
+    from torch import nn
+
+    roots = list(obj.values()) if isinstance(obj, dict) else [obj]
+    for root in roots:
+        if not isinstance(root, nn.Module):
+            continue
+        for module in root.modules():
+            for key, value in vars(module).items():
+                entries = value.values() if key.endswith("hooks") and isinstance(value, dict) else [value]
+                if any(isinstance(entry, type) for entry in entries):
+                    return f"{type(module).__name__}.{key}"
+    return None
 
 
 def allowed_pairs(allowed: list[tuple[Any, str]]) -> Iterator[tuple[str, Any]]:
@@ -192,37 +235,49 @@ def _is_class_we_add(obj: Any) -> bool:
 
 
 def _pickles(path: Path) -> Iterator[bytes]:
-    """The pickle streams of a torch file: ``data.pkl`` of a zip, else the whole (legacy) file."""
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            for name in archive.namelist():
-                if name.endswith(".pkl"):
-                    yield archive.read(name)
-    else:
+    """The pickle streams torch will unpickle: the ``data.pkl`` record its own zip reader returns, else
+    the whole (legacy) file."""
+    import torch
+
+    from detprune.utils.torch_archive import ZIP_MAGIC
+
+    with path.open("rb") as handle:
+        is_zip = handle.read(len(ZIP_MAGIC)) == ZIP_MAGIC  # torch's own test
+    if not is_zip:
         yield path.read_bytes()
+        return
+    with path.open("rb") as handle, torch.serialization._open_zipfile_reader(handle) as reader:
+        yield reader.get_record("data.pkl")
 
 
-def _constructor_calls(path: Path, classes: set[str]) -> str | None:
+def _constructor_calls(path: Path, classes: set[str], what: str = "checkpoint") -> str | None:
     """The first of ``classes`` the file's pickle calls (REDUCE / INST / OBJ) rather than ``__new__``s.
 
     Checkpoints create modules with NEWOBJ (``cls.__new__``, then their state); calling a model
     class with arguments from the file would run its constructor (ultralytics' parses a yaml with
     ``eval``; its DistillationModel loads another file unrestricted), so that is refused. The pickle
-    opcodes are followed with a symbolic stack that tracks only which globals sit where.
+    opcodes are followed with a symbolic stack that tracks only which globals sit where. A stream the
+    scan cannot follow is refused: what cannot be checked is not unpickled.
     """
     import io
     import pickletools
 
     if not classes:
         return None
-    for stream in _pickles(path):
+    try:
+        streams = list(_pickles(path))
+    except Exception as exc:  # torch's own reader cannot read the archive
+        raise _damaged(path, exc, what) from None
+    for stream in streams:
         handle = io.BytesIO(stream)
-        while handle.tell() < len(stream):  # a legacy file is several pickles in a row
+        for _ in range(5):  # a legacy file is five pickles in a row (magic, protocol, info, data, storage keys)
             start = handle.tell()
+            if start >= len(stream):
+                break
             try:
                 found = _scan_one(pickletools.genops(handle), classes)
-            except Exception:  # a damaged stream: torch.load reports it
-                return None
+            except Exception as exc:
+                raise _damaged(path, exc, what) from None
             if found is not None:
                 return found
             if handle.tell() == start:
@@ -335,26 +390,17 @@ def _untrusted(path: Path, name: str, what: str, why: str | None = None) -> Any:
 
 def _damaged(path: Path, exc: BaseException, what: str) -> BadInputError:
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-    return BadInputError(f"{path}: cannot read the {what} file: it is truncated or corrupt ({type(exc).__name__}: {first})")
+    return BadInputError(
+        f"{path}: cannot read the {what} file: it is truncated or corrupt ({type(exc).__name__}: {first})"
+    )
 
 
 def describe_damage(path: str | Path) -> str | None:
     """Why ``path`` (an existing file) cannot be a torch file, without unpickling: None if it may be one."""
-    path = Path(path)
+    from detprune.utils.torch_archive import check_torch_file
+
     try:
-        with path.open("rb") as handle:
-            head = handle.read(4)
-    except OSError as exc:
-        return f"cannot be read ({exc.strerror})"
-    if not head:
-        return "the file is empty"
-    if head.startswith(b"PK"):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                bad = archive.testzip()
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
-            return f"the file is truncated or corrupt ({exc})"
-        return None if bad is None else f"the file is corrupt (bad entry {bad})"
-    if head[:1] == b"\x80":  # a legacy (pre-zip) torch pickle
-        return None
-    return "the file is truncated or corrupt (not a torch zip archive)"
+        check_torch_file(Path(path), "model")
+    except BadInputError as err:
+        return str(err).split(": cannot read the model file: ", 1)[-1]
+    return None

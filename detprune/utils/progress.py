@@ -12,10 +12,14 @@ T = TypeVar("T")
 
 
 def _quiet(disable: bool) -> bool:
-    return disable or os.environ.get("DETPRUNE_QUIET") == "1" or not sys.stderr.isatty() and os.environ.get("CI") == "true"
+    return (
+        disable or os.environ.get("DETPRUNE_QUIET") == "1" or not sys.stderr.isatty() and os.environ.get("CI") == "true"
+    )
 
 
-def progress_bar(iterable: Iterable[T], *, total: int | None = None, desc: str = "", disable: bool = False) -> Iterable[T]:
+def progress_bar(
+    iterable: Iterable[T], *, total: int | None = None, desc: str = "", disable: bool = False
+) -> Iterable[T]:
     return tqdm(iterable, total=total, desc=desc, disable=_quiet(disable), leave=False, dynamic_ncols=True)
 
 

@@ -31,14 +31,16 @@ class Flatness:
     _done: bool = False
 
     def describe(self) -> str:
-        return (f"stop when the best val mAP50-95 of the last {self.window} epochs is less than "
-                f"{self.min_gain:.0%} above the best of all earlier epochs (checked from epoch {2 * self.window})")
+        return (
+            f"stop when the best val mAP50-95 of the last {self.window} epochs is less than "
+            f"{self.min_gain:.0%} above the best of all earlier epochs (checked from epoch {2 * self.window})"
+        )
 
     def is_flat(self) -> bool:
         """Whether the curve so far meets the rule (needs ``2 * window`` epochs)."""
         if len(self.curve) < 2 * self.window:
             return False
-        recent, earlier = max(self.curve[-self.window:]), max(self.curve[:-self.window])
+        recent, earlier = max(self.curve[-self.window :]), max(self.curve[: -self.window])
         return earlier > 0 and recent - earlier < self.min_gain * earlier
 
     def on_fit_epoch_end(self, trainer: Any) -> None:
@@ -59,8 +61,13 @@ class Flatness:
 
     def record(self, max_epochs: int) -> dict:
         """What the report keeps: the rule, the epochs trained and the curve."""
-        return {"rule": self.describe(), "max_epochs": max_epochs, "epochs": len(self.curve),
-                "flattened": self.flattened, "val_mAP50-95": [round(v, 4) for v in self.curve]}
+        return {
+            "rule": self.describe(),
+            "max_epochs": max_epochs,
+            "epochs": len(self.curve),
+            "flattened": self.flattened,
+            "val_mAP50-95": [round(v, 4) for v in self.curve],
+        }
 
 
 def train_until_flat(
@@ -72,17 +79,36 @@ def train_until_flat(
     max_epochs: int,
     rule: Flatness,
     out_dir,
+    on_epoch: Any = None,
     **options: Any,
 ) -> nn.Module:
     """Train ``model`` from where it is, validating every epoch, until ``rule`` says flat or ``max_epochs``.
 
     ``rule.curve`` holds the validation mAP50-95 of each epoch trained; YOLO only (the curve
-    comes from ultralytics' trainer callbacks).
+    comes from ultralytics' trainer callbacks). ``on_epoch(trainer)`` is called after each epoch too.
     """
     from detprune.errors import UnsupportedError
     from detprune.workflow.stages import finetune_variant
 
     if adapter.family != "yolo":
-        raise UnsupportedError(f"training until the validation curve flattens needs ultralytics' trainer, not {adapter.family}")
-    return finetune_variant(adapter, model, train, val, epochs=max_epochs, out_dir=out_dir, label="baseline epochs",
-                            callbacks={"on_fit_epoch_end": rule.on_fit_epoch_end}, val_every_epoch=True, **options)
+        raise UnsupportedError(
+            f"training until the validation curve flattens needs ultralytics' trainer, not {adapter.family}"
+        )
+
+    def after_epoch(trainer: Any) -> None:
+        rule.on_fit_epoch_end(trainer)
+        if on_epoch is not None:
+            on_epoch(trainer)
+
+    return finetune_variant(
+        adapter,
+        model,
+        train,
+        val,
+        epochs=max_epochs,
+        out_dir=out_dir,
+        label="baseline epochs",
+        callbacks={"on_fit_epoch_end": after_epoch},
+        val_every_epoch=True,
+        **options,
+    )

@@ -21,20 +21,20 @@ def model_cost(adapter: DetectorAdapter, model: nn.Module, imgsz: int | Sequence
     return measure(model, adapter.example_inputs(model, imgsz), trace_forward(adapter, model))
 
 
-def cpu_latency(adapter: DetectorAdapter, model: nn.Module, imgsz: int | Sequence[int], *, runs: int, onnx_path: Path | None = None):
+def cpu_latency(
+    adapter: DetectorAdapter, model: nn.Module, imgsz: int | Sequence[int], *, runs: int, onnx_path: Path | None = None
+):
     """ONNX Runtime CPU latency (median, p90 over warmed runs) of the exported model at batch 1.
 
     The graph is exported for timing only, without the output comparison: a detector whose
     scores are nearly tied (early in training) can order its top-k differently on two runtimes
     without being wrong. ``detprune export`` is where parity is checked and reported.
     """
-    from detprune.export.latency import measure_latency
-    from detprune.export.onnx import export_onnx
+    from detprune.runtime import measure_latency, prepare
 
     example = adapter.example_inputs(model, imgsz, batch_size=1)
     with tempfile.TemporaryDirectory() as tmp:
-        path = onnx_path or Path(tmp) / "model.onnx"
-        export_onnx(adapter.export_module(model), example, path, check=False)
+        path = prepare("onnxruntime", adapter.export_module(model), example, tmp, path=onnx_path)
         return measure_latency("onnxruntime", path, list(example.shape), warmup=max(3, runs // 10), runs=runs)
 
 
@@ -52,17 +52,30 @@ def interleaved_cpu_latency(
     alike, where timings taken minutes apart compare different moments. Returns {name: report
     latency entry}; each graph is written to its path.
     """
-    from detprune.export.latency import onnxruntime_side_by_side
-    from detprune.export.onnx import export_onnx
+    from detprune.runtime import prepare, time_side_by_side
 
     shape: list[int] = []
     for name, model in models.items():
         example = adapter.example_inputs(model, imgsz, batch_size=1)
-        export_onnx(adapter.export_module(model), example, onnx_paths[name], check=False)
+        prepare(
+            "onnxruntime",
+            adapter.export_module(model),
+            example,
+            Path(onnx_paths[name]).parent,
+            path=Path(onnx_paths[name]),
+        )
         shape = list(example.shape)
-    stats = onnxruntime_side_by_side({name: onnx_paths[name] for name in models}, shape, warmup=max(3, runs // 10), runs=runs)
-    return {name: {"median_ms": s.median_ms, "p90_ms": s.p90_ms, "backend": f"onnxruntime-cpu ({s.threads} threads, interleaved)"}
-            for name, s in stats.items()}
+    stats = time_side_by_side(
+        "onnxruntime", {name: onnx_paths[name] for name in models}, shape, warmup=max(3, runs // 10), runs=runs
+    )
+    return {
+        name: {
+            "median_ms": s.median_ms,
+            "p90_ms": s.p90_ms,
+            "backend": f"onnxruntime-cpu ({s.threads} threads, interleaved)",
+        }
+        for name, s in stats.items()
+    }
 
 
 def summarise(
@@ -81,17 +94,29 @@ def summarise(
 
     ``eval_options`` (conf, iou, max_det, letterbox, kitti_protocol) pass to ``adapter.evaluate``.
     """
+    from detprune.workflow.imgsz import input_shape
+
     metrics = adapter.evaluate(model, val, imgsz=imgsz, batch_size=batch_size, **(eval_options or {}))
-    cost = model_cost(adapter, model, imgsz)
+    shape = input_shape(val, imgsz, (eval_options or {}).get("letterbox", "square"))  # rect: the canvas of its frames
+    cost = model_cost(adapter, model, shape)
     latency = None
     if latency_runs > 0:
-        stats = cpu_latency(adapter, model, imgsz, runs=latency_runs, onnx_path=onnx_path)
-        latency = {"median_ms": stats.median_ms, "p90_ms": stats.p90_ms, "backend": f"onnxruntime-cpu ({stats.threads} threads)"}
+        stats = cpu_latency(adapter, model, shape, runs=latency_runs, onnx_path=onnx_path)
+        latency = {
+            "median_ms": stats.median_ms,
+            "p90_ms": stats.p90_ms,
+            "backend": f"onnxruntime-cpu ({stats.threads} threads)",
+        }
     return ModelSummary(
         metrics=metrics,
         params=cost.params,
         flops=cost.flops,
         latency=latency,
         channels=conv_channels(model),
-        info={"imgsz": list(as_hw(imgsz)), **({"evaluation": dict(eval_options)} if eval_options else {}), **(info or {})},
+        info={
+            "imgsz": list(as_hw(imgsz)),
+            "input_shape": list(shape),
+            **({"evaluation": dict(eval_options)} if eval_options else {}),
+            **(info or {}),
+        },
     )

@@ -129,14 +129,23 @@ def run_schedule(
             scores = criterion.score(adapter, model, batches)
             seconds["score"] = time.perf_counter() - tick
             try:
-                result = prune_model(adapter, model, scores, target_flops=relative, imgsz=imgsz, **(prune_options or {}))
+                result = prune_model(
+                    adapter, model, scores, target_flops=relative, imgsz=imgsz, **(prune_options or {})
+                )
             except DetpruneError as err:
                 raise DetpruneError(f"step {index} (to {step.flops:.3f} of the original FLOPs): {err}") from None
             cuts.append(result)
             seconds["prune"] = sum(result.seconds.values())
         tock = time.perf_counter()
-        model = finetune_variant(adapter, model, step.train_on, val, epochs=step.epochs,
-                                 out_dir=out_dir / f"step{index}", **(train_options or {}))
+        model = finetune_variant(
+            adapter,
+            model,
+            step.train_on,
+            val,
+            epochs=step.epochs,
+            out_dir=out_dir / f"step{index}",
+            **(train_options or {}),
+        )
         model = _to(adapter.prepare_for_pruning(model), device)
         seconds["train"] = time.perf_counter() - tock
         seconds["step"] = time.perf_counter() - tick
@@ -148,7 +157,9 @@ def run_schedule(
     return ScheduleResult(model, history, whole, scores, time.perf_counter() - started)
 
 
-def _as_one_cut(adapter, model, imgsz, original: Cost, channels_before: dict, cuts: list[PruneResult], target: float) -> PruneResult:
+def _as_one_cut(
+    adapter, model, imgsz, original: Cost, channels_before: dict, cuts: list[PruneResult], target: float
+) -> PruneResult:
     """The schedule's cuts as one :class:`PruneResult` of the original model (what prune.json records)."""
     from detprune.pruning.schedules import compose_removals
 
@@ -157,15 +168,27 @@ def _as_one_cut(adapter, model, imgsz, original: Cost, channels_before: dict, cu
     final = model_cost(adapter, model, imgsz)
     after = conv_channels(model)
     # prunable channels of the original, from the first cut: its removed root channels / its ratio
-    prunable = sum(len(r.channels) for r in cuts[0].removed) / cuts[0].achieved["ratio"] if cuts[0].achieved["ratio"] else 0
+    prunable = (
+        sum(len(r.channels) for r in cuts[0].removed) / cuts[0].achieved["ratio"] if cuts[0].achieved["ratio"] else 0
+    )
     removed = compose_removals(channels_before, [r.removed for r in cuts])
     return PruneResult(
-        model=model, before=original, after=final, predicted=final, channels_before=channels_before,
-        channels_after=after, removed=removed, target=Target("flops", target),
-        achieved={"flops": final.macs / original.macs, "params": final.params / original.params,
-                  "ratio": sum(len(r.channels) for r in removed) / prunable if prunable else 0.0},
+        model=model,
+        before=original,
+        after=final,
+        predicted=final,
+        channels_before=channels_before,
+        channels_after=after,
+        removed=removed,
+        target=Target("flops", target),
+        achieved={
+            "flops": final.macs / original.macs,
+            "params": final.params / original.params,
+            "ratio": sum(len(r.channels) for r in removed) / prunable if prunable else 0.0,
+        },
         settings={**cuts[-1].settings, "cuts": len(cuts)},
-        num_groups=cuts[0].num_groups, num_prunable_groups=cuts[0].num_prunable_groups,
+        num_groups=cuts[0].num_groups,
+        num_prunable_groups=cuts[0].num_prunable_groups,
         seconds={k: sum(r.seconds.get(k, 0.0) for r in cuts) for k in ("graph", "allocate", "surgery")},
     )
 
@@ -175,23 +198,57 @@ class _Measure:
 
     def __init__(self, adapter, val, original: Cost, imgsz, batch_size, train_images, seed, progress) -> None:
         self.adapter, self.val, self.original = adapter, val, original
-        self.imgsz, self.batch_size, self.train_images, self.seed, self.progress = imgsz, batch_size, train_images, seed, progress
+        self.imgsz, self.batch_size, self.train_images, self.seed, self.progress = (
+            imgsz,
+            batch_size,
+            train_images,
+            seed,
+            progress,
+        )
 
-    def __call__(self, model, step: int, target, seen: DetectionSet, trained: int, *, cut: bool, seconds: dict,
-                 seen_count: int | None = None) -> StepRecord:
+    def __call__(
+        self,
+        model,
+        step: int,
+        target,
+        seen: DetectionSet,
+        trained: int,
+        *,
+        cut: bool,
+        seconds: dict,
+        seen_count: int | None = None,
+    ) -> StepRecord:
         tick = time.perf_counter()
         cost = model_cost(self.adapter, model, self.imgsz)
-        metrics = self.adapter.evaluate(model, self.val, imgsz=self.imgsz, batch_size=self.batch_size, progress=self.progress)
+        metrics = self.adapter.evaluate(
+            model, self.val, imgsz=self.imgsz, batch_size=self.batch_size, progress=self.progress
+        )
         val = {k: _number(metrics.get(k)) for k in ("mAP50", "mAP", "AP_small")}
         train_map = None
         if self.train_images > 0 and len(seen):
             sample = seeded_subset(seen, self.train_images, self.seed)
-            train_map = _number(self.adapter.evaluate(model, sample, imgsz=self.imgsz, batch_size=self.batch_size,
-                                                      progress=self.progress).get("mAP50"))
+            train_map = _number(
+                self.adapter.evaluate(
+                    model, sample, imgsz=self.imgsz, batch_size=self.batch_size, progress=self.progress
+                ).get("mAP50")
+            )
         gap = None if train_map is None or val["mAP50"] is None else train_map - val["mAP50"]
         seconds = {**seconds, "measure": time.perf_counter() - tick}
-        return StepRecord(step, len(seen) if seen_count is None else seen_count, trained, target, cost.macs / self.original.macs, cost.params / self.original.params,
-                          cost.params, cost.flops, cut, val, train_map, gap, seconds)
+        return StepRecord(
+            step,
+            len(seen) if seen_count is None else seen_count,
+            trained,
+            target,
+            cost.macs / self.original.macs,
+            cost.params / self.original.params,
+            cost.params,
+            cost.flops,
+            cut,
+            val,
+            train_map,
+            gap,
+            seconds,
+        )
 
 
 def _to(model: nn.Module, device) -> nn.Module:
@@ -206,8 +263,10 @@ def _line(r: StepRecord) -> str:
     def pts(v):
         return "-" if v is None else f"{100 * v:.1f}"
 
-    return (f"step {r.step}: FLOPs {r.flops_kept:.1%} of the original, seen {r.seen_images} images; val mAP50 "
-            f"{pts(r.val['mAP50'])}, train mAP50 {pts(r.train_mAP50)}, gap {pts(r.gap)}")
+    return (
+        f"step {r.step}: FLOPs {r.flops_kept:.1%} of the original, seen {r.seen_images} images; val mAP50 "
+        f"{pts(r.val['mAP50'])}, train mAP50 {pts(r.train_mAP50)}, gap {pts(r.gap)}"
+    )
 
 
 # --- outputs ------------------------------------------------------------------------------------
@@ -215,8 +274,12 @@ def _line(r: StepRecord) -> str:
 
 def history_json(result: ScheduleResult, info: dict | None = None) -> str:
     """The history (and ``info``: the schedule's settings) as indented JSON."""
-    return json.dumps({**(info or {}), "history": [r.as_dict() for r in result.history],
-                       "seconds": result.seconds}, indent=2) + "\n"
+    return (
+        json.dumps(
+            {**(info or {}), "history": [r.as_dict() for r in result.history], "seconds": result.seconds}, indent=2
+        )
+        + "\n"
+    )
 
 
 def write_history(path: str | Path, result: ScheduleResult, info: dict | None = None) -> Path:
@@ -235,9 +298,11 @@ def plot_history(history: Sequence[StepRecord], path: str | Path, *, title: str 
     steps = [r.step for r in history]
     fig = Figure(figsize=(6.4, 3.8))
     ax = fig.add_subplot()
-    for label, values, style in (("val mAP50", [r.val["mAP50"] for r in history], "o-"),
-                                 ("val mAP50-95", [r.val["mAP"] for r in history], "s-"),
-                                 ("train mAP50", [r.train_mAP50 for r in history], "^--")):
+    for label, values, style in (
+        ("val mAP50", [r.val["mAP50"] for r in history], "o-"),
+        ("val mAP50-95", [r.val["mAP"] for r in history], "s-"),
+        ("train mAP50", [r.train_mAP50 for r in history], "^--"),
+    ):
         points = [(s, 100 * v) for s, v in zip(steps, values) if v is not None]
         if points:
             ax.plot(*zip(*points), style, label=label)

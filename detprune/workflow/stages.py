@@ -78,6 +78,10 @@ def finetune_variant(
 
         data: Any = write_yolo_dataset(train, val, out_dir / "dataset")
         options.setdefault("exist_ok", True)
+        if options.get("imgsz") is not None:  # ultralytics trains at one size: the long side of H,W
+            from detprune.workflow.imgsz import train_side
+
+            options["imgsz"] = train_side(options["imgsz"])
         if label:
             options["progress_label"] = label
     else:
