@@ -10,12 +10,12 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 # the helper modules here, and the groups' modules, whose fixtures and builders other groups reuse
 # (``from test_saliency import make_batch``): every group folder is importable as a top-level module
 _TESTS = Path(__file__).resolve().parent
 sys.path[:0] = [str(_TESTS), *sorted(str(d) for d in _TESTS.glob("*/**") if d.is_dir() and d.name != "__pycache__")]
-
-import pytest
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_VERBOSE", "False")
