@@ -26,7 +26,7 @@ demo: $(STAMP)
 # the design's layers (import-linter contracts in pyproject.toml) and ruff, then the suite
 test: $(STAMP)
 	$(BIN)/lint-imports --no-cache
-	$(BIN)/ruff check --no-cache detprune tests benchmarks tools
+	$(BIN)/ruff check --no-cache .
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 clean:

@@ -40,7 +40,8 @@ class BenchError(Exception):
 # --- latency record (the fields and rules of detprune.runtime.LatencyStats) -------------------
 
 
-def latency_record(samples_ms, *, device: str, input_shape, precision: str, warmup: int, extra: dict | None = None) -> dict:
+def latency_record(samples_ms, *, device: str, input_shape, precision: str, warmup: int,
+                   extra: dict | None = None) -> dict:
     times = np.asarray(samples_ms, dtype=np.float64)
     if times.size == 0 or not np.all(np.isfinite(times)) or np.any(times < 0):
         raise BenchError("no valid timings were recorded")
@@ -126,7 +127,9 @@ class Cuda:
                 import pycuda.autoinit  # noqa: F401  (creates the context)
                 import pycuda.driver as drv
             except ImportError:
-                raise BenchError("needs cuda-python (pip install cuda-python) or pycuda for GPU memory and timing") from None
+                raise BenchError(
+                    "needs cuda-python (pip install cuda-python) or pycuda for GPU memory and timing"
+                ) from None
             self.rt, self.kind = drv, "pycuda"
         self.stream = self._call("cudaStreamCreate") if self.kind == "cuda-python" else self.rt.Stream()
 
@@ -155,7 +158,8 @@ class Cuda:
         if self.kind == "pycuda":
             self.rt.memcpy_htod(ptr, array)
         else:
-            self._call("cudaMemcpy", ptr, array.ctypes.data, array.nbytes, self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice)
+            self._call("cudaMemcpy", ptr, array.ctypes.data, array.nbytes,
+                       self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice)
 
     def event(self):
         return self._call("cudaEventCreate") if self.kind == "cuda-python" else self.rt.Event()
@@ -183,7 +187,9 @@ def import_tensorrt():
     try:
         import tensorrt as trt
     except ImportError:
-        raise BenchError("TensorRT's Python bindings are missing: on JetPack, sudo apt install python3-libnvinfer") from None
+        raise BenchError(
+            "TensorRT's Python bindings are missing: on JetPack, sudo apt install python3-libnvinfer"
+        ) from None
     return trt
 
 
@@ -195,7 +201,8 @@ def check_sidecar(engine: Path, trt_version: str, gpu: tuple[str, str]) -> dict 
         return None
     info = json.loads(sidecar.read_text())
     if info.get("tensorrt_version") != trt_version:
-        raise BenchError(f"{engine} was built with TensorRT {info.get('tensorrt_version')}, this is {trt_version}: rebuild it here")
+        raise BenchError(f"{engine} was built with TensorRT {info.get('tensorrt_version')}, this is {trt_version}: "
+                         "rebuild it here")
     if info.get("compute_capability") != gpu[1] or info.get("gpu_name") != gpu[0]:
         raise BenchError(f"{engine} was built for {info.get('gpu_name')}, this is {gpu[0]}: rebuild it here")
     return info
@@ -206,7 +213,8 @@ def _parse(trt, builder, logger, onnx: Path, strongly: bool):
     network = builder.create_network((1 << int(flag)) if strongly and flag is not None else 0)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx)):
-        raise BenchError(f"{onnx}: TensorRT cannot parse it: {parser.get_error(0) if parser.num_errors else 'unknown error'}")
+        reason = parser.get_error(0) if parser.num_errors else "unknown error"
+        raise BenchError(f"{onnx}: TensorRT cannot parse it: {reason}")
     return network, parser
 
 
@@ -220,7 +228,8 @@ def graph_precision(trt, network) -> str:
     return "fp32"
 
 
-def build(trt, onnx: Path, engine: Path, precision: str, workspace_gib: float, gpu: tuple[str, str], batch: int = 1) -> dict:
+def build(trt, onnx: Path, engine: Path, precision: str, workspace_gib: float, gpu: tuple[str, str],
+          batch: int = 1) -> dict:
     """Build from ONNX here: strongly typed when the graph carries the precision (the only way on
     TensorRT 11), else TensorRT 10's FP16 flag over an FP32 graph. INT8 needs a Q/DQ graph
     ('detprune export --precision int8 --data DIR'), since calibration needs the dataset."""
@@ -275,7 +284,8 @@ def build(trt, onnx: Path, engine: Path, precision: str, workspace_gib: float, g
     return info
 
 
-def time_engine(trt, cuda: Cuda, engine_path: Path, batch: int, warmup: int, runs: int) -> tuple[list[float], list[int]]:
+def time_engine(trt, cuda: Cuda, engine_path: Path, batch: int, warmup: int,
+                runs: int) -> tuple[list[float], list[int]]:
     logger = trt.Logger(trt.Logger.WARNING)
     engine = trt.Runtime(logger).deserialize_cuda_engine(engine_path.read_bytes())
     if engine is None:
@@ -338,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as err:
         print(f"jetson_bench.py: error: {err}", file=sys.stderr)
         return 2
-    print(f"{engine}: median {record['median_ms']:.2f} ms, p90 {record['p90_ms']:.2f} ms, p99 {record['p99_ms']:.2f} ms, "
+    print(f"{engine}: median {record['median_ms']:.2f} ms, p90 {record['p90_ms']:.2f} ms, "
+          f"p99 {record['p99_ms']:.2f} ms, "
           f"{record['throughput']:.1f} img/s on {gpu[0]}")
     if args.json:
         tmp = Path(args.json).with_name(f".{Path(args.json).name}.tmp")
