@@ -10,8 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from kitti_rows import load_predictions
-
+from detprune.data.detections_io import load_detections
 from detprune.evaluation.benchmark_plots import plot_accuracy_vs_flops, plot_forest
 from detprune.evaluation.bootstrap import paired_bootstrap
 from detprune.utils.atomic import write_text
@@ -20,14 +19,11 @@ COLUMNS = ("mAP50", "mAP50-95", "AP_small", "AP Car", "AP Pedestrian", "AP Cycli
 FOREST = ("mAP50", "AP Pedestrian", "AP Cyclist", "AP_small")
 
 
-def _label(result: dict) -> str:
-    return {"unpruned": "unpruned (baseline)", "same_budget": "baseline, same budget"}.get(result["kind"],
-                                                                                         result.get("row", "?"))
-
-
 def _row_label(result: dict) -> str:
-    if result["kind"] != "pruned":
-        return _label(result)
+    if result["kind"] == "unpruned":
+        return "unpruned (baseline)"
+    if result["kind"] == "same_budget":
+        return "baseline, same budget"
     return f"{result['row']} @ {result['settings']['target']:g}"
 
 
@@ -38,7 +34,8 @@ def _predictions(bench, result: dict, split: str = "val"):
 
         folder = Row(result["settings"]["target"], result["settings"]["criterion"], result["settings"]["allocation"],
                      result["settings"]["distill"]).name()
-    return load_predictions(bench.out / "rows" / folder / f"predictions-{split}.npz")
+    dataset = {"val": bench.split.val, "tune": bench.split.tune}.get(split) or bench.extra_sets[split]
+    return load_detections(bench.out / "rows" / folder / f"predictions-{split}.npz", dataset)
 
 
 def _interval(entry: dict) -> str:
@@ -56,8 +53,7 @@ def _pt(value) -> str:
 
 def compare(bench, a: dict, b: dict, resamples: int) -> dict:
     """Paired bootstrap of ``b`` against ``a`` on val."""
-    metrics = [*dict.fromkeys(("mAP50", "mAP50-95", "AP_small",
-                               *(f"AP {c}" for c in bench.dataset.class_names)))]
+    metrics = ["mAP50", "mAP50-95", "AP_small", *(f"AP {c}" for c in bench.dataset.class_names)]
     return paired_bootstrap(bench.split.val, _predictions(bench, a), _predictions(bench, b), metrics=metrics,
                             resamples=resamples, seed=bench.args.seed)
 

@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from detprune.data.types import DetectionSet, Detections
+from detprune.data.detections_io import save_detections
+from detprune.data.types import DetectionSet
 from detprune.errors import BadInputError
-from detprune.utils.atomic import atomic_path, write_text
+from detprune.utils.atomic import write_text
 
 EVAL_LETTERBOX = "rect"  # ultralytics' val: per-batch rect canvas, 640 wide
 
@@ -63,26 +64,6 @@ class Row:
         return self.criterion.split(":")[0]
 
 
-# --- predictions on disk: one npz per model and split, for the paired bootstrap ------------
-def save_predictions(predictions: list[Detections], path: Path) -> None:
-    counts = np.array([len(p.scores) for p in predictions], dtype=np.int64)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(
-                f, counts=counts,
-                boxes=np.concatenate([p.boxes for p in predictions]) if predictions else np.zeros((0, 4)),
-                scores=np.concatenate([p.scores for p in predictions]) if predictions else np.zeros(0),
-                labels=np.concatenate([p.labels for p in predictions]) if predictions else np.zeros(0))
-
-
-def load_predictions(path: Path) -> list[Detections]:
-    with np.load(path, allow_pickle=False) as z:
-        bounds = np.concatenate([[0], np.cumsum(z["counts"])])
-        boxes, scores, labels = z["boxes"], z["scores"], z["labels"]
-    return [Detections(boxes[a:b].astype(np.float64), scores[a:b].astype(np.float32), labels[a:b].astype(np.int64))
-            for a, b in zip(bounds[:-1], bounds[1:])]
-
-
 class RowRunner:
     """Measures the unpruned, same-budget and pruned rows of one benchmark run against its baseline."""
 
@@ -91,6 +72,8 @@ class RowRunner:
         self.base = baseline_model
         self.hw = (bench.canvas_height(), self.args.width)
         self.root = bench.out / "rows"
+        self._base_cost = None  # the baseline's params and FLOPs, counted once for every row
+        self._base_onnx = None  # the baseline's ONNX graph, exported once for every row's timing
 
     # --- measurement ------------------------------------------------------------------
     def measure(self, model, folder: Path) -> dict:
@@ -104,11 +87,13 @@ class RowRunner:
         for name, dataset in sets.items():
             predictions = self.adapter.predictions(model, dataset, imgsz=a.width, batch_size=a.batch,
                                                    letterbox=EVAL_LETTERBOX, progress=False)
-            save_predictions(predictions, folder / f"predictions-{name}.npz")
+            save_detections(folder / f"predictions-{name}.npz", predictions, dataset)
             evaluated = evaluate_detections(dataset, predictions)
             out[name] = metrics_of(evaluated, list(self.bench.dataset.class_names))
             out.setdefault("kitti_protocol", {})[name] = (evaluated.get("kitti") or {}).get("protocol")
-        cost, base_cost = model_cost(self.adapter, model, self.hw), model_cost(self.adapter, self.base, self.hw)
+        if self._base_cost is None:
+            self._base_cost = model_cost(self.adapter, self.base, self.hw)
+        cost, base_cost = model_cost(self.adapter, model, self.hw), self._base_cost
         out.update(params=cost.params, flops=cost.flops, flops_kept=cost.flops / base_cost.flops,
                    params_kept=cost.params / base_cost.params, latency=self.latency(model, folder))
         return out
@@ -118,19 +103,18 @@ class RowRunner:
         runs = self.args.latency_runs
         if not runs:
             return {}
-        from detprune.runtime.ort import onnxruntime_side_by_side
-        from detprune.export.onnx import export_onnx
+        from detprune.runtime import prepare, time_side_by_side
 
-        paths = {}
-        for name, net in (("baseline", self.base), ("model", model)):
+        def graph(net, work: Path) -> Path:
             example = self.adapter.example_inputs(net, self.hw, batch_size=1)
-            paths[name] = export_onnx(
-                self.adapter.export_module(net), example, folder / f"{name}.onnx", check=False
-            ).path
-        stats = onnxruntime_side_by_side(paths, [1, 3, *self.hw], warmup=max(3, runs // 10), runs=runs,
-                                         threads=self.args.threads)
-        for path in paths.values():
-            Path(path).unlink()
+            return prepare("onnxruntime", self.adapter.export_module(net), example, work)
+
+        if self._base_onnx is None:
+            self._base_onnx = graph(self.base, self.root / "baseline-latency")
+        path = graph(model, folder)
+        stats = time_side_by_side("onnxruntime", {"baseline": self._base_onnx, "model": path}, [1, 3, *self.hw],
+                                  warmup=max(3, runs // 10), runs=runs, threads=self.args.threads)
+        path.unlink()
         ms, base_ms = stats["model"].median_ms, stats["baseline"].median_ms
         return {"median_ms": ms, "baseline_median_ms": base_ms, "ratio": ms / base_ms, "runs": runs,
                 "threads": self.args.threads, "shape": [1, 3, *self.hw]}
