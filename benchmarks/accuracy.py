@@ -36,7 +36,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -48,133 +47,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from accuracy_report import baseline_table, markdown, plot_curves, plot_vs_flops, repeat_table, summarise  # noqa: E402
+from accuracy_cells import Cell, Runner  # noqa: E402  (this benchmark's own cells)
+from accuracy_report import baseline_table, markdown, plot_vs_flops, repeat_table, summarise  # noqa: E402
 from detprune.adapters.yolo import YoloAdapter  # noqa: E402
-from detprune.criteria import get_criterion  # noqa: E402
+from detprune.criteria.class_weights import parse_class_weights  # noqa: E402
 from detprune.data.folds import kfold_splits  # noqa: E402
 from detprune.data.loader import load_dataset  # noqa: E402
+from detprune.data.stats import size_bucket  # noqa: E402
 from detprune.errors import DetpruneError  # noqa: E402
 from detprune.utils.atomic import write_text  # noqa: E402
-from accuracy_cells import (Cell, Runner, criterion_options, parse_class_weights, rect_hw, split_allocation,  # noqa: E402
-                            split_criterion)
-from compare_criteria import settings_key  # noqa: E402  (the same cache keys)
-from detprune.data.stats import size_bucket  # noqa: E402
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-
-
-def _list(text: str, kind=str) -> list:
-    return [kind(x.strip()) for x in text.split(",") if x.strip()]
+from harness.cache import settings_key  # noqa: E402
+from harness.curves import plot_curves  # noqa: E402
+from harness.kfold_args import parse_kfold_args  # noqa: E402
+from harness.log import timed_log  # noqa: E402
+from harness.rect import rect_hw  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default=str(SHARED / "data" / "kitti_tiny"), help="KITTI folder")
-    p.add_argument("--model", default="yolov5n.yaml", help="architecture yaml")
-    p.add_argument("--weights", default=str(SHARED / "weights" / "yolov5n_coco_backbone_neck.pt"),
-                   help="state dict loaded where names and shapes match (the head is trained)")
-    p.add_argument("--folds", type=int, default=3, help="k of k-fold cross-validation")
-    p.add_argument("--fold-seed", type=int, default=0, help="seed of the fold assignment")
-    p.add_argument("--only-folds", default=None, help="run these folds only (comma-separated indices)")
-    p.add_argument("--width", type=int, default=640, help="input width; the height is ultralytics' rect batch shape")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (baseline and fine-tunes)")
-    p.add_argument("--baseline-epochs", type=int, default=80)
-    p.add_argument("--finetune-epochs", type=int, default=20, help="the equal budget of every row")
-    p.add_argument("--target", type=float, default=0.5, help="FLOPs kept by the grid of configurations")
-    p.add_argument("--criteria", default="saliency,taylor,l1",
-                   help="criteria, each NAME or NAME:KEY=VALUE[:KEY=VALUE] with its options, e.g. catro:ridge=0")
-    p.add_argument(
-        "--allocations",
-        default="global,cost",
-        help="how the cut is spread over layers: global, uniform, cost (FLOPs), latency (knapsack on a measured "
-        "ONNX Runtime latency table; --target is then the predicted latency kept), or widths:CRITERION-ALLOCATION "
-        "(the widths another criterion gets under that allocation, e.g. widths:saliency-global)",
-    )
-    p.add_argument("--class-weights", default=None, metavar="CLASS=W,...",
-                   help="class priorities of the scoring criteria, e.g. Pedestrian=3,Cyclist=3 (default: none)")
-    p.add_argument("--finetune-class-weights", default=None, metavar="CLASS=W,...",
-                   help="class priorities of the fine-tuning loss (ultralytics' per-class BCE weights) (default: none)")
-    p.add_argument("--car-images", type=int, default=8,
-                   help="training frames CAR evaluates once per masked channel (its cost: passes x these images)")
-    p.add_argument("--distill", default="off,on", help="fine-tune plain (off) and/or distilled from the baseline (on)")
-    p.add_argument("--extra-targets", default="0.7,0.3", help="targets run for the best configuration at --target")
-    p.add_argument("--seed", type=int, default=0, help="seed of scoring order and training")
-    p.add_argument("--repeat", default="rerun,seed1",
-                   help="repeats of the first configuration on fold 0: 'rerun' (same seed, from scratch), 'seedN'")
-    p.add_argument("--round-to", type=int, default=8)
-    p.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime threads")
-    p.add_argument(
-        "--latency-runs", type=int, default=30, help="interleaved ONNX Runtime runs per model pair (0 = none)"
-    )
-    p.add_argument("--stop-at", default=None,
-                   help="UTC time HH:MM after which no new cell starts; the rest are listed as not run")
-    p.add_argument("--reevaluate", action="store_true",
-                   help="score every finished cell's saved model again with the installed evaluation code")
-    p.add_argument("--baselines-only", action="store_true", help="train and cache the fold baselines, then stop")
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help="reduced check: fold 0 only, baseline 10 epochs, fine-tune 3, saliency,l1 global plain, no extras",
-    )
-    p.add_argument("--out", default="runs/accuracy")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.only_folds, args.baseline_epochs, args.finetune_epochs = "0", 10, 3
-        args.criteria, args.allocations, args.distill, args.extra_targets, args.repeat = (
-            "saliency,l1",
-            "global",
-            "off",
-            "",
-            "",
-        )
-        args.out = args.out if args.out != "runs/accuracy" else "runs/accuracy_quick"
-    args.criteria, args.allocations = _list(args.criteria), _list(args.allocations)
-    args.distill = [{"off": False, "on": True}.get(x) for x in _list(args.distill)]
-    args.extra_targets, args.repeat = _list(args.extra_targets, float), _list(args.repeat)
-    args.only_folds = None if args.only_folds is None else _list(args.only_folds, int)
-    if args.stop_at is not None and not re.fullmatch(r"([01]?\d|2[0-3]):[0-5]\d", args.stop_at):
-        p.error("--stop-at is a UTC time HH:MM")
-    if None in args.distill:
-        p.error("--distill takes off and/or on")
-    if not all(0 < t < 1 for t in [args.target, *args.extra_targets]):
-        p.error("targets are fractions of the FLOPs kept, in (0, 1)")
-    if not args.criteria or not args.allocations or not args.distill:
-        p.error("give at least one criterion, allocation and distill setting")
-    if args.only_folds and not all(0 <= f < args.folds for f in args.only_folds):
-        p.error(f"--only-folds are indices in 0..{args.folds - 1}")
-    for token in args.criteria:  # an unknown name or option fails here, before any training
-        name = split_criterion(token)[0]
-        get_criterion(name, **criterion_options(token, args.seed))
-    for token in args.allocations:
-        allocation, widths_from = split_allocation(token)
-        if allocation not in ("global", "uniform", "cost", "latency"):
-            p.error(f"unknown allocation {token!r}: global, uniform, cost, latency or widths:CRITERION-ALLOCATION")
-        if widths_from is not None:
-            get_criterion(widths_from)
-    if args.car_images < 1:
-        p.error("--car-images must be >= 1")
-    for flag in ("class_weights", "finetune_class_weights"):
-        try:
-            weights = parse_class_weights(getattr(args, flag))
-        except DetpruneError as err:
-            p.error(f"--{flag.replace('_', '-')}: {err}")
-        # one canonical spelling, so the same weights give the same cell key
-        setattr(args, flag, ",".join(f"{k}={v:g}" for k, v in weights.items()))
-    return args
+    # shared with the tools that read this benchmark's cache: the same arguments give the same keys
+    return parse_kfold_args(argv, description=__doc__.split("\n\n")[0])
 
 
 def small_objects(dataset) -> int:
     """Objects COCO calls small (area under 32x32 px in the original image), ignore regions left out."""
     return sum(int((size_bucket(sample.boxes[~sample.ignore]) == 0).sum()) for sample in dataset)
-
-
-def timed_log(started: float):
-    def log(message: str) -> None:
-        stamp = time.strftime("%H:%M:%S", time.gmtime())
-        print(f"[{stamp} +{time.perf_counter() - started:5.0f} s] {message}", flush=True)
-
-    return log
 
 
 def grid(args: argparse.Namespace) -> list[Cell]:
@@ -245,27 +141,11 @@ def best_configuration(rows: list[dict], target: float, seed: int) -> dict | Non
     return max(candidates, key=lambda r: (r["mAP50"]["mean"], r["AP_small"]["mean"] if r.get("AP_small") else -1))
 
 
-def cached_fold(accuracy_args: str, fold: int):
-    """(benchmark arguments, runner, the fold's cached baseline model) for the diagnostic tools that
-    read this benchmark's baselines without training (``catro_ridge.py``, ``latency_table_fit.py``)."""
-    args = parse_args(accuracy_args.split())
-    torch.set_num_threads(args.threads)
-    dataset = load_dataset(args.data)
-    splits = kfold_splits(dataset, args.folds, seed=args.fold_seed)
-    runner = Runner(
-        args, YoloAdapter(), dataset, splits, rect_hw(dataset, args.width), settings_key, lambda message: None
-    )
-    if not 0 <= fold < args.folds or not (runner.baseline_dir(fold) / "baseline.pt").is_file():
-        raise DetpruneError(f"no cached baseline for fold {fold}: run benchmarks/accuracy.py --baselines-only "
-                            f"{accuracy_args} first")
-    return args, runner, runner.baseline(fold)[0]
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    log = timed_log(started)
+    log = timed_log(started, clock=True)
     dataset = load_dataset(args.data)
     hw = rect_hw(dataset, args.width)
     for weights in (args.class_weights, args.finetune_class_weights):  # an unknown class fails before any training

@@ -1,43 +1,28 @@
-"""The cells of benchmarks/accuracy.py: fold baselines and pruned, fine-tuned variants, each cached as json.
+"""The cells of benchmarks/accuracy.py: pruned, fine-tuned variants of the fold baselines, each cached as json.
 
 A cell is (FLOPs target, criterion, allocation, plain/distilled fine-tune, seed, class weights) on one fold:
 score the fold baseline's channels on the fold's training frames, prune a copy, fine-tune it
 for the equal budget, take the LAST epoch, evaluate on the held-out fold, count params and
-FLOPs, and time it on ONNX Runtime interleaved with the unpruned baseline of that fold.
+FLOPs, and time it on ONNX Runtime interleaved with the unpruned baseline of that fold. The fold
+baselines themselves are ``harness.kfold_baselines`` (the diagnostic tools read them too).
 """
 
 from __future__ import annotations
 
 import copy
-import csv
-import inspect
-import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
-
-import torch
+from typing import Callable
 
 from detprune.criteria.class_weights import parse_class_weights
 from detprune.data.types import DetectionSet
-from detprune.errors import DetpruneError
-from detprune.utils.atomic import write_text
-
-STRIDE = 32
-
-
-def rect_hw(dataset: DetectionSet, width: int, stride: int = STRIDE) -> tuple[int, int]:
-    """ultralytics' rect batch shape for images this wide: the widest aspect ratio, height rounded up to the stride.
-
-    ``set_rectangle`` takes the batch's largest h/w ratio and ``ceil(ratio * imgsz / stride) * stride``
-    (no extra pad in training); every kitti_tiny frame gives 375/1242 -> 640x224.
-    """
-    ratio = max(s.height / s.width for s in dataset.samples)
-    if ratio > 1:
-        raise DetpruneError("rect input here assumes landscape frames (height < width)")
-    return int(math.ceil(ratio * width / stride) * stride), int(width)
+from harness.cache import cached_result, store_result
+from harness.criteria import (CAR_OPTIONS, accepts, criterion_options, criterion_parameters, split_allocation,
+                              split_criterion)
+from harness.kfold_baselines import FoldBaselines, distill_keyword
+from harness.log import past_stop
+from harness.metrics import metrics_of
 
 
 @dataclass(frozen=True)
@@ -74,30 +59,6 @@ class Cell:
         return described
 
 
-WIDTHS_PREFIX = "widths:"
-
-
-def split_criterion(token: str) -> tuple[str, dict]:
-    """(criterion, its options): "catro:ridge=0" -> ("catro", {"ridge": 0}); "l1" -> ("l1", {})."""
-    from detprune.criteria.base import parse_options
-
-    name, *pairs = token.split(":")
-    return name, parse_options(pairs)
-
-
-def split_allocation(token: str) -> tuple[str, str | None]:
-    """(allocation, criterion the widths come from or None): "widths:saliency-global" -> ("global", "saliency")."""
-    if not token.startswith(WIDTHS_PREFIX):
-        return token, None
-    criterion, _, allocation = token[len(WIDTHS_PREFIX):].partition("-")
-    return allocation or "global", criterion
-
-
-def allocation_label(token: str) -> str:
-    """How a table names an allocation: "widths:saliency-global" -> "widths of saliency-global"."""
-    return f"widths of {token[len(WIDTHS_PREFIX):]}" if token.startswith(WIDTHS_PREFIX) else token
-
-
 JOINT_SUBSET_CRITERIA = ("catro",)  # choose a group's channels jointly, at a width given to them
 
 
@@ -109,156 +70,21 @@ def joint_subsets(cell: Cell) -> bool:
     )
 
 
-def _accepts(function: Callable, name: str) -> bool:
-    return name in inspect.signature(function).parameters
-
-
-def _criterion_parameters(name: str) -> set[str]:
-    from detprune.criteria import get_criterion
-
-    return set(inspect.signature(type(get_criterion(name)).__init__).parameters)
-
-
-# CAR evaluates the held-out images once per masked channel: a sampled, cheap configuration so one
-# fold's scoring takes minutes at 640x224 on CPU (the loss-increase proxy, not mAP)
-CAR_OPTIONS = {"metric": "loss", "max_channels_per_layer": 4}
-
-
 # options whose default changed after cells were cached: their resolved value enters a cell's key
 KEYED_OPTIONS = {"catro": ("ridge",)}
 
 
-def criterion_options(token: str, seed: int, class_weights: dict[str, float] | None = None) -> dict:
-    """The options the benchmark gives criterion ``token`` ("NAME" or "NAME:KEY=VALUE:..."): the
-    token's own, over the seed, no progress bar, CAR's sampling and the class weights."""
-    name, own = split_criterion(token)
-    accepted = _criterion_parameters(name)
-    unknown = sorted(set(own) - accepted)
-    if unknown:
-        raise DetpruneError(f"criterion {token!r}: {name} has no option {', '.join(unknown)}")
-    options = {"seed": seed, "progress": False, **(CAR_OPTIONS if name == "car" else {})}
-    if class_weights:
-        options["class_weights"] = class_weights
-    return {**{k: v for k, v in options.items() if k in accepted}, **own}
-
-
-def metrics_of(result: dict, class_names: list[str]) -> dict:
-    """Points (AP x 100) of the reported columns from ``adapter.evaluate``'s dict."""
-
-    def pt(value):
-        return None if value is None else 100.0 * float(value)
-
-    kitti = result.get("kitti") or {}
-    row = {"mAP50": pt(result.get("mAP50")), "mAP50-95": pt(result.get("mAP")), "AP_small": pt(result.get("AP_small"))}
-    for name in class_names:
-        row[f"AP {name}"] = pt((result.get("per_class_AP") or {}).get(name))
-    for level in ("moderate", "hard"):
-        row[f"KITTI {level}"] = pt((kitti.get("mean") or {}).get(level))
-    return row
-
-
-class Runner:
+class Runner(FoldBaselines):
     """Trains, caches and measures the baselines and cells of one benchmark run."""
 
     def __init__(self, args, adapter, dataset: DetectionSet, splits, hw: tuple[int, int], key: Callable, log: Callable):
-        self.args, self.adapter, self.dataset, self.splits, self.hw = args, adapter, dataset, splits, hw
-        self.key, self.log = key, log
-        self.out = Path(args.out)
+        super().__init__(args, adapter, dataset, splits, hw, key, log)
         self.kitti_protocol = None
-        self._baselines: dict[int, tuple[Any, dict]] = {}
-
-    # --- training ---------------------------------------------------------------------
-    def train_options(self, seed: int) -> dict:
-        """ultralytics' trainer at rect 640 wide: no mosaic (rect turns it off), shuffled, seeded batches.
-
-        All kitti_tiny frames share one rect batch shape, so ultralytics keeps shuffling on. SGD
-        with a one-epoch warm-up; ``workers=0`` keeps augmentation in this process, seeded.
-        """
-        a = self.args
-        return {"imgsz": a.width, "rect": True, "batch": a.batch, "lr0": a.lr, "seed": seed, "warmup_epochs": 1,
-                "deterministic": True, "workers": 0, "plots": False}
-
-    def train(self, model, fold: int, epochs: int, out_dir: Path, seed: int, *, every_epoch: bool, teacher=None,
-              class_weights: dict[str, float] | None = None):
-        """Train ``epochs`` on the fold's training frames; return the model after the LAST epoch."""
-        from ultralytics.nn.tasks import load_checkpoint
-
-        from detprune.data.convert import write_yolo_dataset
-        from detprune.adapters.yolo.trainer import finetune_yolo
-
-        train, val = self.splits[fold]
-        data = write_yolo_dataset(train, val, out_dir / "dataset")
-        options = {**self.train_options(seed), "val": every_epoch, "exist_ok": True}
-        if teacher is not None:
-            options[distill_keyword()] = teacher
-        if class_weights:
-            options["class_weights"] = class_weights
-        result = finetune_yolo(model, data, epochs=epochs, out_dir=out_dir / "finetune", **options)
-        torch.set_num_threads(self.args.threads)
-        last, _ = load_checkpoint(str(result.last))
-        for p in last.parameters():
-            p.requires_grad_(p.is_floating_point())
-        return self.adapter.prepare_for_pruning(last.float()), result.run_dir
-
-    # --- baselines --------------------------------------------------------------------
-    def baseline_settings(self, fold: int) -> dict:
-        import ultralytics
-
-        a = self.args
-        return {"model": a.model, "weights": str(a.weights), "data": str(Path(a.data).resolve()), "folds": a.folds,
-                "fold_seed": a.fold_seed, "fold": fold, "epochs": a.baseline_epochs, "hw": list(self.hw),
-                "threads": a.threads, "ultralytics": ultralytics.__version__, "torch": torch.__version__,
-                **self.train_options(a.seed), "init_seed": a.seed}  # the new head's initialisation
-
-    def baseline_dir(self, fold: int) -> Path:
-        return self.out / "cache" / f"baseline-{self.key(self.baseline_settings(fold))}"
-
-    def baseline(self, fold: int):
-        """(model, info) of the fold's baseline, trained once and cached under a key of every setting."""
-        if fold in self._baselines:
-            return self._baselines[fold]
-        folder = self.baseline_dir(fold)
-        checkpoint = folder / "baseline.pt"
-        if checkpoint.is_file():
-            model = self.adapter.prepare_for_pruning(self.adapter.load_checkpoint(checkpoint))
-            info = json.loads((folder / "info.json").read_text())
-            self.log(f"baseline fold {fold}: cached {checkpoint}")
-        else:
-            a = self.args
-            train, _ = self.splits[fold]
-            self.log(f"baseline fold {fold}: training {a.baseline_epochs} epochs on {len(train)} frames at "
-                     f"{self.hw[1]}x{self.hw[0]}")
-            tick = time.perf_counter()
-            model = self.adapter.load(
-                a.model, weights=a.weights, class_names=self.dataset.class_names, init_seed=a.seed
-            )
-            model, run_dir = self.train(model, fold, a.baseline_epochs, folder, a.seed, every_epoch=True)
-            info = {"settings": self.baseline_settings(fold), "curve": read_curve(run_dir / "results.csv"),
-                    "seconds": time.perf_counter() - tick}
-            self.adapter.save(model, checkpoint, meta={"accuracy_baseline": info["settings"]})
-            write_text(folder / "info.json", json.dumps(info, indent=2) + "\n")
-            self.log(f"baseline fold {fold}: trained in {info['seconds']:.0f} s; last val mAP50 "
-                     f"{_last(info['curve'], 'mAP50')} (ultralytics validator)")
-        self._baselines[fold] = (model, info)
-        return model, info
-
-    def curve(self, fold: int) -> list[dict]:
-        return self.baseline(fold)[1]["curve"]
-
-    def baseline_onnx(self, fold: int) -> Path:
-        path = self.baseline_dir(fold) / "baseline.onnx"
-        if not path.is_file():
-            self.export(self.baseline(fold)[0], path)
-        return path
 
     # --- cells ------------------------------------------------------------------------
     def past_stop(self) -> bool:
         """Whether the wall clock (UTC) is past ``--stop-at`` (HH:MM, today)."""
-        if not self.args.stop_at:
-            return False
-        now = time.gmtime()
-        hour, minute = (int(x) for x in self.args.stop_at.split(":"))
-        return (now.tm_hour, now.tm_min) >= (hour, minute)
+        return past_stop(self.args.stop_at)
 
     def cell_dir(self, cell: Cell, fold: int) -> Path:
         return self.out / "cells" / f"flops{cell.target:g}" / cell.name() / f"fold{fold}"
@@ -282,28 +108,20 @@ class Runner:
         return settings
 
     def is_cached(self, cell: Cell, fold: int) -> bool:
-        return self._cached(self.cell_dir(cell, fold), self.cell_settings(cell, fold)) is not None
+        return cached_result(self.cell_dir(cell, fold), self.cell_settings(cell, fold)) is not None
 
     def unsupported(self, cell: Cell) -> str | None:
         from detprune.pruning import prune_model
 
         allocation, widths_from = split_allocation(cell.allocation)
-        if allocation != "global" and not _accepts(prune_model, "allocation"):
+        if allocation != "global" and not accepts(prune_model, "allocation"):
             return f"allocation '{allocation}' is not in this prune_model yet"
-        if widths_from is not None and not _accepts(prune_model, "width_scores"):
+        if widths_from is not None and not accepts(prune_model, "width_scores"):
             return "widths from another criterion are not in this prune_model yet"
-        if cell.class_weights and "class_weights" not in _criterion_parameters(split_criterion(cell.criterion)[0]):
+        if cell.class_weights and "class_weights" not in criterion_parameters(split_criterion(cell.criterion)[0]):
             return f"{cell.criterion} takes no class weights"
         if cell.distill and distill_keyword() is None:
             return "distilled fine-tuning is not in this finetune_yolo yet"
-        return None
-
-    def _cached(self, folder: Path, settings: dict) -> dict | None:
-        done = folder / "result.json"
-        if done.is_file():
-            cached = json.loads(done.read_text())
-            if cached.get("settings") == settings:
-                return {**cached, "cached": True}
         return None
 
     def _finish(self, folder: Path, settings: dict, kind: str, fold: int, model, extra: dict, tick: float) -> dict:
@@ -319,8 +137,7 @@ class Runner:
                   "kitti_protocol": self.kitti_protocol, "params": cost.params, "flops": cost.flops,
                   "flops_kept": cost.flops / base_cost.flops, "latency": self.latency(model, fold, folder)}
         result["seconds"] = {**result.get("seconds", {}), "total": time.perf_counter() - tick}
-        write_text(folder / "result.json", json.dumps(result, indent=2) + "\n")
-        return result
+        return store_result(folder, result)
 
     def _settings(self, fold: int, **more) -> dict:
         a = self.args
@@ -337,7 +154,7 @@ class Runner:
     def unpruned(self, fold: int) -> dict:
         folder = self.out / "cells" / "unpruned" / f"fold{fold}"
         settings = {**self._settings(fold), "epochs": 0}
-        cached = self._cached(folder, settings)
+        cached = cached_result(folder, settings, mark=True)
         if cached:
             return cached
         tick = time.perf_counter()
@@ -348,7 +165,7 @@ class Runner:
         a = self.args
         folder = self.out / "cells" / "same_budget" / f"fold{fold}"
         settings = {**self._settings(fold), **self.train_options(a.seed)}
-        cached = self._cached(folder, settings)
+        cached = cached_result(folder, settings, mark=True)
         if cached:
             return cached
         tick = time.perf_counter()
@@ -365,7 +182,7 @@ class Runner:
 
         a = self.args
         folder, settings = self.cell_dir(cell, fold), self.cell_settings(cell, fold)
-        cached = self._cached(folder, settings)
+        cached = cached_result(folder, settings, mark=True)
         if cached:
             return cached
         tick = time.perf_counter()
@@ -374,7 +191,7 @@ class Runner:
         allocation, widths_from = split_allocation(cell.allocation)
         weights = parse_class_weights(cell.class_weights, list(self.dataset.class_names))
         scores, scorer = self.score(model, fold, cell.criterion, cell.seed, weights)
-        options = {"allocation": allocation} if _accepts(prune_model, "allocation") else {}
+        options = {"allocation": allocation} if accepts(prune_model, "allocation") else {}
         if widths_from is not None:  # widths allocated on the other criterion's scores, channels chosen by this one
             options["width_scores"] = self.score(model, fold, widths_from, cell.seed, weights)[0]
         if joint_subsets(cell):  # CATRO: the trace-ratio subset at each width the allocation gives
@@ -398,39 +215,6 @@ class Runner:
         )
         extra = {"seconds": {"score": scored - tick, "train": time.perf_counter() - scored}}
         return self._finish(folder, settings, "pruned", fold, tuned, extra, tick)
-
-    def latency_table(self, model):
-        """The ONNX Runtime CPU latency table of the baseline architecture at the benchmark's input
-        (one for all folds: their baselines share the architecture), kept under OUT/latency_tables."""
-        from detprune.pruning.latency_measure import latency_table
-
-        return latency_table(self.adapter, model, backend="onnxruntime", imgsz=self.hw, threads=self.args.threads,
-                             round_to=self.args.round_to, cache=self.out / "latency_tables", say=self.log)
-
-    def score(
-        self, model, fold: int, criterion: str, seed: int, class_weights: dict[str, float]
-    ) -> tuple[dict, object]:
-        """(channel scores, the criterion that measured them) of ``criterion`` on the fold's
-        training frames (CAR: its first ``--car-images``)."""
-        from detprune.criteria import get_criterion
-        from detprune.workflow.stages import score_channels
-
-        train = self.splits[fold][0]
-        name = split_criterion(criterion)[0]
-        if name == "car":
-            train = DetectionSet(
-                list(train.class_names), list(train.samples)[: self.args.car_images], name="car-held-out"
-            )
-            plan = get_criterion("car", **criterion_options("car", seed)).planned_channels(self.adapter, model)
-            passes = 1 + sum(len(c) for c in plan.values())
-            self.log(f"car fold {fold}: {CAR_OPTIONS['metric']} metric, {passes} evaluations ({len(plan)} layers x "
-                     f"<= {CAR_OPTIONS['max_channels_per_layer']} sampled channels, + 1) x {len(train)} frames")
-        tick = time.perf_counter()
-        scorer = get_criterion(name, **criterion_options(criterion, seed, class_weights))
-        scores = score_channels(self.adapter, model, train, scorer, imgsz=self.hw, batch_size=self.args.batch)
-        if name == "car":
-            self.log(f"car fold {fold}: scored in {time.perf_counter() - tick:.0f} s")
-        return scores, scorer
 
     def reevaluate(self, result: dict) -> dict:
         """Evaluate a finished cell's saved model again with the evaluation code installed now.
@@ -463,17 +247,10 @@ class Runner:
             reevaluated=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             first_metrics=result.get("first_metrics", result["metrics"]),
         )
-        write_text(folder / "result.json", json.dumps(updated, indent=2) + "\n")
+        store_result(folder, updated)
         return {**updated, "cached": True}
 
     # --- cost -------------------------------------------------------------------------
-    def export(self, model, path: Path) -> Path:
-        from detprune.export.onnx import export_onnx
-
-        example = self.adapter.example_inputs(model, self.hw, batch_size=1)
-        export_onnx(self.adapter.export_module(model), example, path, check=False)
-        return path
-
     def latency(self, model, fold: int, folder: Path) -> dict:
         """ONNX Runtime CPU medians of this model and the fold's unpruned one, timed in turn (interleaved)."""
         if not self.args.latency_runs:
@@ -493,30 +270,3 @@ class Runner:
         ms, base_ms = stats["model"].median_ms, stats["unpruned"].median_ms
         return {"median_ms": ms, "unpruned_median_ms": base_ms, "ratio": ms / base_ms, "runs": runs,
                 "threads": self.args.threads}
-
-
-def distill_keyword() -> str | None:
-    """The teacher argument of ``finetune_yolo`` once distillation lands there (None before)."""
-    from detprune.adapters.yolo.trainer import finetune_yolo
-
-    for name in ("teacher", "teacher_model", "distill_from"):
-        if _accepts(finetune_yolo, name):
-            return name
-    return None
-
-
-def read_curve(path: Path) -> list[dict]:
-    """Per-epoch validation from ultralytics' results.csv: epoch, mAP50, mAP50-95 (points)."""
-    if not path.is_file():
-        return []
-    curve = []
-    with path.open() as f:
-        for row in csv.DictReader(f):
-            row = {k.strip(): v for k, v in row.items()}
-            curve.append({"epoch": int(float(row["epoch"])), "mAP50": 100 * float(row["metrics/mAP50(B)"]),
-                          "mAP50-95": 100 * float(row["metrics/mAP50-95(B)"])})
-    return curve
-
-
-def _last(curve: list[dict], key: str) -> str:
-    return f"{curve[-1][key]:.1f}" if curve else "-"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from accuracy_cells import allocation_label
+from harness.criteria import allocation_label
 
 METRICS = ("mAP50", "mAP50-95", "AP_small", "AP Car", "AP Pedestrian", "AP Cyclist", "KITTI moderate", "KITTI hard")
 # the settings a row groups its folds by, with the value a cell without that setting has
@@ -207,34 +207,6 @@ def plot_vs_flops(rows: list[dict], path: Path) -> Path | None:
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7)
     fig.tight_layout(rect=(0, 0.18, 1, 1))
-    with atomic_path(Path(path), suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    return Path(path)
-
-
-def plot_curves(curves: dict, path: Path) -> Path | None:
-    """Each fold baseline's per-epoch validation mAP50 and mAP50-95 (ultralytics' validator)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from detprune.utils.atomic import atomic_path
-
-    if not any(curves.values()):
-        return None
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for fold, curve in curves.items():
-        epochs = [p["epoch"] for p in curve]
-        ax.plot(epochs, [p["mAP50"] for p in curve], label=f"fold {fold} mAP50")
-        ax.plot(epochs, [p["mAP50-95"] for p in curve], linestyle="--", label=f"fold {fold} mAP50-95")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("val AP (points)")
-    ax.set_title("Baseline training: validation per epoch")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
     with atomic_path(Path(path), suffix=".png") as tmp:
         fig.savefig(tmp, dpi=120)
     plt.close(fig)

@@ -32,11 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
-import accuracy  # noqa: E402
 from detprune.criteria.catro import solve_trace_ratio  # noqa: E402
 from detprune.errors import DetpruneError  # noqa: E402
 from detprune.pruning import prune_model  # noqa: E402
 from detprune.utils.atomic import write_text  # noqa: E402
+from harness.kfold_args import add_accuracy_args  # noqa: E402
+from harness.kfold_baselines import cached_fold  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,11 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                              "at 0.5 every cut reads 0 before fine-tuning)")
     p.add_argument("--ridges", default="0,0.5,2,8,inf", help="CATRO ridges to cut with")
     p.add_argument("--baselines", default="saliency,taylor,l1,random", help="criteria cut beside CATRO")
-    p.add_argument(
-        "--accuracy-args",
-        default="--threads 1 --baseline-epochs 50 --finetune-epochs 10 --out runs/accuracy",
-        help="the accuracy benchmark's arguments that key its cached baselines",
-    )
+    add_accuracy_args(p)
     p.add_argument("--out", default="runs/catro_ridge.json")
     return p.parse_args(argv)
 
@@ -67,7 +64,7 @@ def scatter_kept(scatter: dict, ridge: float, fraction: float = 0.5) -> tuple[fl
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    bench, runner, base = accuracy.cached_fold(args.accuracy_args, args.fold)
+    bench, runner, base = cached_fold(args.accuracy_args, args.fold)
     hw = runner.hw
     val = runner.splits[args.fold][1]
 

@@ -31,9 +31,6 @@ joins with ``--criteria saliency,l1,catro``.
 from __future__ import annotations
 
 import argparse
-import copy
-import hashlib
-import inspect
 import json
 import os
 import statistics
@@ -45,29 +42,26 @@ from typing import Any
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_VERBOSE", "False")
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 from detprune.adapters.yolo import YoloAdapter  # noqa: E402
 from detprune.criteria import get_criterion  # noqa: E402
 from detprune.data.loader import load_train_val  # noqa: E402
 from detprune.errors import DetpruneError  # noqa: E402
-from detprune.pruning import prune_model  # noqa: E402
 from detprune.utils.atomic import write_text  # noqa: E402
-from detprune.workflow.measure import cpu_latency, model_cost  # noqa: E402
-from detprune.workflow.stages import finetune_variant, score_channels  # noqa: E402
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-# (column, metric path in adapter.evaluate's dict); AP values are fractions, shown in points
-METRICS = (("mAP50", ("mAP50",)), ("mAP50-95", ("mAP",)), ("AP_small", ("AP_small",)),
-           ("KITTI mod", ("kitti", "mean", "moderate")))
+from harness.holdout import DEFAULTS, METRICS, baseline, baseline_key, fmt, measure, one_run  # noqa: E402
+from harness.log import timed_log  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default=str(SHARED / "data" / "kitti_tiny"), help="KITTI folder")
-    p.add_argument("--model", default="yolov5n.yaml", help="architecture yaml")
-    p.add_argument("--weights", default=str(SHARED / "weights" / "yolov5n_coco_backbone_neck.pt"),
+    p.add_argument("--data", default=DEFAULTS["data"], help="KITTI folder")
+    p.add_argument("--model", default=DEFAULTS["model"], help="architecture yaml")
+    p.add_argument("--weights", default=DEFAULTS["weights"],
                    help="state dict loaded into --model where names and shapes match (the head is trained)")
-    p.add_argument("--val-count", type=int, default=15, help="frames held out for evaluation")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the train/val split (fixed across runs)")
+    p.add_argument("--val-count", type=int, default=DEFAULTS["val_count"], help="frames held out for evaluation")
+    p.add_argument("--split-seed", type=int, default=DEFAULTS["split_seed"],
+                   help="seed of the train/val split (fixed across runs)")
     p.add_argument("--imgsz", type=int, default=640)
     p.add_argument("--batch", type=int, default=8, help="training and scoring batch size")
     p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate of baseline and fine-tuning")
@@ -77,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--criteria", default="saliency,l1,taylor,random", help="criterion names, comma-separated")
     p.add_argument("--seeds", default="0,1,2", help="seeds, comma-separated (>= 3 for a spread)")
     p.add_argument("--round-to", type=int, default=8)
-    p.add_argument("--car-max-channels", type=int, default=2,
+    p.add_argument("--car-max-channels", type=int, default=DEFAULTS["car_max_channels"],
                    help="CAR: channels masked per layer (the rest get the layer's median score)")
     p.add_argument("--latency-runs", type=int, default=50, help="timed ONNX Runtime runs per model (0 = none)")
     p.add_argument("--out", default="runs/compare_criteria", help="results, cache and per-run folders")
@@ -92,90 +86,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in args.criteria:
         get_criterion(name)  # an unknown name fails here, before any training
     return args
-
-
-def settings_key(settings: dict) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def train_options(args: argparse.Namespace, seed: int) -> dict:
-    # SGD with a one-epoch warm-up: a new head on a pretrained body learns these few frames in
-    # tens of epochs this way; ultralytics' automatic choice (AdamW, small lr) needs far more.
-    return dict(imgsz=args.imgsz, batch=args.batch, lr=args.lr, seed=seed, warmup_epochs=1)
-
-
-def baseline(args: argparse.Namespace, adapter: YoloAdapter, train, val, log) -> tuple[Any, str]:
-    """The trained, pruning-ready baseline, from the cache when its settings match."""
-    settings = {"model": args.model, "weights": str(args.weights), "data": str(Path(args.data).resolve()),
-                "val_count": args.val_count, "split_seed": args.split_seed, "epochs": args.baseline_epochs,
-                **train_options(args, args.split_seed), "init_seed": args.split_seed}
-    folder = Path(args.out) / "cache" / f"baseline-{settings_key(settings)}"
-    checkpoint = folder / "baseline.pt"
-    if checkpoint.is_file():
-        log(f"baseline: cached {checkpoint}")
-        return adapter.prepare_for_pruning(adapter.load_checkpoint(checkpoint)), str(checkpoint)
-    log(
-        f"baseline: {args.model} + {Path(args.weights).name}, training {args.baseline_epochs} epochs at {args.imgsz} px"
-    )
-    tick = time.perf_counter()
-    model = adapter.load(args.model, weights=args.weights, class_names=train.class_names, init_seed=args.split_seed)
-    model = finetune_variant(adapter, model, train, val, epochs=args.baseline_epochs, out_dir=folder,
-                             **train_options(args, args.split_seed))
-    model = adapter.prepare_for_pruning(model)
-    adapter.save(model, checkpoint, meta={"compare_criteria_baseline": settings})
-    write_text(folder / "settings.json", json.dumps(settings, indent=2) + "\n")
-    log(f"baseline: trained in {time.perf_counter() - tick:.0f} s -> {checkpoint}")
-    return model, str(checkpoint)
-
-
-def measure(args: argparse.Namespace, adapter: YoloAdapter, model, val) -> dict:
-    metrics = adapter.evaluate(model, val, imgsz=args.imgsz, batch_size=args.batch)
-    cost = model_cost(adapter, model, args.imgsz)
-    row = {"params": cost.params, "flops": cost.flops}
-    for column, path in METRICS:
-        value: Any = metrics
-        for key in path:
-            value = value.get(key) if isinstance(value, dict) else None
-        row[column] = None if value is None else 100.0 * float(value)
-    row["latency_ms"] = (
-        cpu_latency(adapter, model, args.imgsz, runs=args.latency_runs).median_ms if args.latency_runs else None
-    )
-    return row
-
-
-def criterion_options(name: str, seed: int, args: argparse.Namespace) -> dict:
-    """The seed for criteria that take one (random, taylor's image order); no progress bars;
-    CAR's channel sampling (each masked channel costs one pass over the scoring images)."""
-    accepted = set(inspect.signature(type(get_criterion(name)).__init__).parameters)
-    options = (("seed", seed), ("progress", False), ("max_channels_per_layer", args.car_max_channels))
-    return {k: v for k, v in options if k in accepted}
-
-
-def one_run(
-    args, adapter, base_model, base_key: str, train, val, target: float, criterion: str, seed: int, log
-) -> dict:
-    """Score, prune, fine-tune, measure one (target, criterion, seed); reused when already done."""
-    settings = {"baseline": base_key, "target": target, "criterion": criterion, "seed": seed,
-                "round_to": args.round_to, "epochs": args.finetune_epochs, "latency_runs": args.latency_runs,
-                **train_options(args, seed)}
-    folder = Path(args.out) / "runs" / f"flops{target:g}" / criterion / f"seed{seed}"
-    done = folder / "result.json"
-    if done.is_file():
-        cached = json.loads(done.read_text())
-        if cached.get("settings") == settings:
-            return cached
-    tick = time.perf_counter()
-    model = copy.deepcopy(base_model)
-    scores = score_channels(adapter, model, train, criterion, imgsz=args.imgsz, batch_size=args.batch,
-                            **criterion_options(criterion, seed, args))
-    scored = time.perf_counter()
-    pruned = prune_model(adapter, model, scores, target_flops=target, round_to=args.round_to, imgsz=args.imgsz)
-    tuned = finetune_variant(adapter, pruned.model, train, val, epochs=args.finetune_epochs, out_dir=folder,
-                             **train_options(args, seed))
-    result = {"settings": settings, "flops_kept": pruned.achieved["flops"], **measure(args, adapter, tuned, val),
-              "seconds": {"score": scored - tick, "total": time.perf_counter() - tick}}
-    write_text(done, json.dumps(result, indent=2) + "\n")
-    return result
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -207,14 +117,6 @@ def goal_check(base: dict, rows: dict, target: float) -> dict | None:
             "mAP50_drop": drop, "mAP50_within_1pt": drop <= 1.0}
 
 
-def fmt(cell: Any, digits: int = 1) -> str:
-    if cell is None:
-        return "-"
-    if isinstance(cell, dict):
-        return f"{cell['mean']:.{digits}f} ± {cell['std']:.{digits}f}"
-    return f"{cell:.{digits}f}"
-
-
 def markdown(base: dict, rows: dict, args: argparse.Namespace) -> str:
     head = [
         "FLOPs target",
@@ -243,20 +145,6 @@ def markdown(base: dict, rows: dict, args: argparse.Namespace) -> str:
         f"GFLOPs = 2 x GMACs at {args.imgsz} px; CPU ms = ONNX Runtime median at batch 1.\n"
     )
     return "\n".join(lines) + "\n" + note
-
-
-def timed_log(started: float):
-    """A ``log(message)`` that prefixes the seconds since ``started`` (a ``time.perf_counter()``)."""
-
-    def log(message: str) -> None:
-        print(f"[{time.perf_counter() - started:6.0f} s] {message}", flush=True)
-
-    return log
-
-
-def baseline_key(checkpoint: str) -> str:
-    """What a run's cached result depends on of the baseline: its file and when it was written."""
-    return settings_key({"checkpoint": checkpoint, "mtime": Path(checkpoint).stat().st_mtime})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,7 @@ beat cutting once or in equal steps, when all three end at the same FLOPs and tr
 number of images? And does it narrow the generalisation gap (train mAP50 - val mAP50)?
 
 1. split the KITTI folder as ``compare_criteria.py`` does and take its cached, trained YOLOv5n
-   baseline (imported from that script; the cache key hashes the baseline's settings, so the
+   baseline (read through ``harness.holdout``; the cache key hashes the baseline's settings, so the
    same ``--imgsz --baseline-epochs --batch --lr`` hit it; a miss is reported and, without
    ``--allow-baseline-training``, an error);
 2. for every method x criterion x seed, from a copy of the baseline:
@@ -43,7 +43,6 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_VERBOSE", "False")
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
 
-import compare_criteria as criteria_bench  # noqa: E402
 from detprune.adapters.yolo import YoloAdapter  # noqa: E402
 from detprune.criteria import get_criterion  # noqa: E402
 from detprune.data.loader import load_train_val  # noqa: E402
@@ -58,16 +57,20 @@ from detprune.pruning.schedules import (  # noqa: E402
 from detprune.utils.atomic import write_text  # noqa: E402
 from detprune.workflow.progressive import plot_history, run_schedule  # noqa: E402
 from detprune.workflow.stages import seeded_subset  # noqa: E402
+from harness import holdout  # noqa: E402  (compare_criteria's baseline, measurement and trainer settings)
+from harness.cache import cached_result, settings_key, store_result  # noqa: E402
+from harness.log import timed_log  # noqa: E402
+from harness.paths import SHARED  # noqa: E402
 
 METHODS = ("app", "one-shot", "iterative")
-METRICS = criteria_bench.METRICS  # mAP50, mAP50-95, AP_small, KITTI mod (points)
+METRICS = holdout.METRICS  # mAP50, mAP50-95, AP_small, KITTI mod (points)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default=str(criteria_bench.SHARED / "data" / "kitti_tiny"), help="KITTI folder")
+    p.add_argument("--data", default=str(SHARED / "data" / "kitti_tiny"), help="KITTI folder")
     p.add_argument("--model", default="yolov5n.yaml")
-    p.add_argument("--weights", default=str(criteria_bench.SHARED / "weights" / "yolov5n_coco_backbone_neck.pt"))
+    p.add_argument("--weights", default=str(SHARED / "weights" / "yolov5n_coco_backbone_neck.pt"))
     p.add_argument("--val-count", type=int, default=15)
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--imgsz", type=int, default=320)
@@ -110,23 +113,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def cached_baseline(args, adapter, train, val, log):
     """compare_criteria's baseline; a cache miss is said out loud (training takes ~10 min)."""
-    settings = {"model": args.model, "weights": str(args.weights), "data": str(Path(args.data).resolve()),
-                "val_count": args.val_count, "split_seed": args.split_seed, "epochs": args.baseline_epochs,
-                **criteria_bench.train_options(args, args.split_seed)}
-    folder = Path(args.baseline_cache) / "cache" / f"baseline-{criteria_bench.settings_key(settings)}"
+    # the same settings (and so the same folder) as the baseline compare_criteria trains, init_seed included
+    settings = holdout.baseline_settings(args)
+    folder = Path(args.baseline_cache) / "cache" / f"baseline-{settings_key(settings)}"
     if not (folder / "baseline.pt").is_file():
         log(f"baseline: NOT cached at {folder} (settings {json.dumps(settings)})")
         if not args.allow_baseline_training:
             raise DetpruneError(f"no cached baseline at {folder}; pass --allow-baseline-training to train one")
     cache_args = argparse.Namespace(**{**vars(args), "out": args.baseline_cache})
-    return criteria_bench.baseline(cache_args, adapter, train, val, log)
+    return holdout.baseline(cache_args, adapter, train, val, log)
 
 
 def train_options(args, seed: int) -> dict:
     """compare_criteria's trainer settings; with ``val_every_epoch=False`` the trainer validates only after its
     last epoch, so every step hands on its last epoch: no method picks epochs on the val frames
     (one-shot would pick among 5, APP among 2 per step, iterative among 1)."""
-    return {**criteria_bench.train_options(args, seed), **({} if args.select_best else {"val_every_epoch": False})}
+    return {**holdout.train_options(args, seed), **({} if args.select_best else {"val_every_epoch": False})}
 
 
 def build_steps(args, method: str, train, seed: int):
@@ -152,28 +154,25 @@ def one_run(args, adapter, base_model, base_key: str, train, val, method: str, c
                 "train_eval_images": args.train_eval_images, "latency_runs": args.latency_runs,
                 **train_options(args, seed)}
     folder = Path(args.out) / "runs" / method / criterion / f"seed{seed}"
-    done = folder / "result.json"
-    if done.is_file():
-        cached = json.loads(done.read_text())
-        if cached.get("settings") == settings:
-            return cached
+    cached = cached_result(folder, settings)
+    if cached is not None:
+        return cached
     if image_passes(steps) != budget:
         raise DetpruneError(f"{method}: {image_passes(steps)} image-passes, APP's budget is {budget}")
     tick = time.perf_counter()
-    scorer = get_criterion(criterion, **criteria_bench.criterion_options(criterion, seed, args))
+    scorer = get_criterion(criterion, **holdout.criterion_options(criterion, seed, args))
     result = run_schedule(adapter, copy.deepcopy(base_model), steps, val, criterion=scorer, out_dir=folder,
                           imgsz=args.imgsz, batch_size=args.batch, train_options=train_options(args, seed),
                           prune_options={"round_to": args.round_to}, train_eval_images=args.train_eval_images,
                           seed=seed, progress=False, log=lambda m: log(f"  {method} {criterion} seed {seed}: {m}"))
-    final = criteria_bench.measure(args, adapter, result.model, val)
+    final = holdout.measure(args, adapter, result.model, val)
     last = result.history[-1]
     plot_history(result.history, folder / "schedule.png", title=f"{method}, {criterion}, seed {seed}")
     row = {"settings": settings, "flops_kept": last.flops_kept, **final,
            "train_mAP50": _pts(last.train_mAP50), "gap": _pts(last.gap),
            "history": [r.as_dict() for r in result.history],
            "seconds": {"schedule": result.seconds, "total": time.perf_counter() - tick}}
-    write_text(done, json.dumps(row, indent=2) + "\n")
-    return row
+    return store_result(folder, row)
 
 
 def _pts(value: float | None) -> float | None:
@@ -292,14 +291,14 @@ def markdown(base: dict, rows: dict, args) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
-    log = criteria_bench.timed_log(started)
+    log = timed_log(started)
 
     train, val = load_train_val(args.data, val_count=args.val_count, seed=args.split_seed)
     log(f"data: {len(train)} train / {len(val)} val frames from {args.data}")
     adapter = YoloAdapter()
     base_model, base_checkpoint = cached_baseline(args, adapter, train, val, log)
-    base_key = criteria_bench.baseline_key(base_checkpoint)
-    base = criteria_bench.measure(args, adapter, base_model, val)
+    base_key = holdout.baseline_key(base_checkpoint)
+    base = holdout.measure(args, adapter, base_model, val)
     seen = seeded_subset(train, args.train_eval_images, args.split_seed)
     base["train_mAP50"] = 100.0 * float(adapter.evaluate(base_model, seen, imgsz=args.imgsz, batch_size=args.batch,
                                                           progress=False)["mAP50"])

@@ -27,9 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
-import accuracy  # noqa: E402
 from detprune.errors import BadInputError, DetpruneError  # noqa: E402
 from detprune.utils.atomic import write_text  # noqa: E402
+from harness.kfold_args import add_accuracy_args  # noqa: E402
+from harness.kfold_baselines import cached_fold  # noqa: E402
 
 METRICS = ("mAP50", "AP Car", "AP Pedestrian", "AP_small")
 
@@ -42,11 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sessions", type=int, default=2, help="timing sessions per fold (their ratios are averaged)")
     p.add_argument("--runs", type=int, default=60, help="interleaved rounds per session")
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument(
-        "--accuracy-args",
-        default="--threads 1 --baseline-epochs 50 --finetune-epochs 10 --out runs/accuracy",
-        help="the accuracy benchmark's arguments that key its cached baselines and cells",
-    )
+    add_accuracy_args(p, "baselines and cells")
     p.add_argument("--out", default="runs/equal_latency.json")
     args = p.parse_args(argv)
     if args.sessions < 1 or args.runs < 1:
@@ -91,12 +88,12 @@ def time_fold(runner, fold: int, cells: list[str], args, work: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    bench, runner, _ = accuracy.cached_fold(args.accuracy_args, 0)
+    bench, runner, _ = cached_fold(args.accuracy_args, 0)
     folds = [int(f) for f in args.folds.split(",")] if args.folds else list(range(bench.folds))
     per_fold = {}
     with tempfile.TemporaryDirectory() as work:
         for fold in folds:
-            accuracy.cached_fold(args.accuracy_args, fold)  # a clear error for a fold without a baseline
+            cached_fold(args.accuracy_args, fold)  # a clear error for a fold without a baseline
             per_fold[fold] = time_fold(runner, fold, args.cells, args, Path(work))
     print(f"\n{'cell':50s} {'latency ratio':>13s} {'FLOPs kept':>10s} " + " ".join(f"{m:>13s}" for m in METRICS))
     summary = {}

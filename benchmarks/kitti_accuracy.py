@@ -39,9 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from accuracy_cells import read_curve, rect_hw  # noqa: E402
-from kitti_rows import Row, RowRunner  # noqa: E402
-from compare_criteria import settings_key  # noqa: E402
+from kitti_rows import Row, RowRunner  # noqa: E402  (this benchmark's own rows)
 from detprune.adapters.yolo import YoloAdapter  # noqa: E402
 from detprune.data.convert import write_yolo_dataset  # noqa: E402
 from detprune.data.loader import load_dataset  # noqa: E402
@@ -49,8 +47,12 @@ from detprune.data.splits import holdout_split  # noqa: E402
 from detprune.errors import BadInputError, DetpruneError  # noqa: E402
 from detprune.adapters.yolo.trainer import RUN_NAME, finetune_yolo  # noqa: E402
 from detprune.utils.atomic import write_text  # noqa: E402
+from harness.cache import settings_key  # noqa: E402
+from harness.curves import read_curve  # noqa: E402
+from harness.log import past_stop, timed_log  # noqa: E402
+from harness.paths import SHARED, add_detector_arguments  # noqa: E402
+from harness.rect import rect_hw, rect_train_options  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 # 50% FLOPs: the flagship against Taylor; box weighting isolated (saliency with the loss utility is
 # box-weighted Taylor); data-free and random floors
 DEFAULT_ROWS = ("taylor/cost", "saliency/cost", "saliency:utility=loss/cost", "saliency/global", "l1/cost",
@@ -59,10 +61,7 @@ DEFAULT_ROWS = ("taylor/cost", "saliency/cost", "saliency:utility=loss/cost", "s
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default=str(SHARED / "data" / "kitti_2k"), help="KITTI folder")
-    p.add_argument("--model", default="yolov5n.yaml", help="architecture yaml")
-    p.add_argument("--weights", default=str(SHARED / "weights" / "yolov5n_coco_backbone_neck.pt"),
-                   help="state dict loaded where names and shapes match (the head is trained)")
+    add_detector_arguments(p, SHARED / "data" / "kitti_2k")
     p.add_argument("--val", type=int, default=1000, help="frames held out for the reported figures")
     p.add_argument("--tune", type=int, default=200, help="frames carved from train for every hyperparameter choice")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the split")
@@ -113,14 +112,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def timed_log(started: float):
-    def log(message: str) -> None:
-        stamp = time.strftime("%H:%M:%S", time.gmtime())
-        print(f"[{stamp} +{time.perf_counter() - started:5.0f} s] {message}", flush=True)
-
-    return log
-
-
 class Bench:
     """The split, the cached baseline and the rows of one benchmark run."""
 
@@ -152,9 +143,7 @@ class Bench:
 
     def train_options(self, seed: int) -> dict:
         """ultralytics' trainer at 640 wide with rect batches; SGD, a one-epoch warm-up, seeded, in-process."""
-        a = self.args
-        return {"imgsz": a.width, "rect": True, "batch": a.batch, "lr0": a.lr, "seed": seed, "warmup_epochs": 1,
-                "deterministic": True, "workers": 0, "plots": False}
+        return rect_train_options(self.args, seed)
 
     def baseline_settings(self) -> dict:
         import ultralytics
@@ -223,7 +212,7 @@ class Bench:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    log = timed_log(time.perf_counter())
+    log = timed_log(time.perf_counter(), clock=True)
     bench = Bench(args, log)
     s = bench.split
     log(f"data: {len(bench.dataset)} frames: fit {len(s.fit)}, tune {len(s.tune)}, val {len(s.val)} "
@@ -245,20 +234,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def past_stop(args) -> bool:
-    if not args.stop_at:
-        return False
-    now = time.gmtime()
-    return (now.tm_hour, now.tm_min) >= tuple(int(x) for x in args.stop_at.split(":"))
-
-
 def run_rows(args, runner: RowRunner, log) -> list[dict]:
     """Unpruned and same budget; the grid at --target; distillation and the other targets for the
     configurations best on the TUNING split (val is never read for a choice)."""
     results = []
 
     def run(label: str, measure) -> dict | None:
-        if (args.report_only or past_stop(args)) and not measure(cached_only=True):
+        if (args.report_only or past_stop(args.stop_at)) and not measure(cached_only=True):
             log(f"{label}: not run" + ("" if args.report_only else f" (past --stop-at {args.stop_at} UTC)"))
             return None
         result = measure()

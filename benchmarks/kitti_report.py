@@ -14,6 +14,7 @@ from detprune.data.detections_io import load_detections
 from detprune.evaluation.benchmark_plots import plot_accuracy_vs_flops, plot_forest
 from detprune.evaluation.bootstrap import paired_bootstrap
 from detprune.utils.atomic import write_text
+from harness.curves import plot_curves
 
 COLUMNS = ("mAP50", "mAP50-95", "AP_small", "AP Car", "AP Pedestrian", "AP Cyclist")
 FOREST = ("mAP50", "AP Pedestrian", "AP Cyclist", "AP_small")
@@ -81,6 +82,12 @@ def write_report(bench, report: dict, log) -> None:
         ra, rb = named.get(f"{a} @ {target:g}"), named.get(f"{b} @ {target:g}")
         if ra and rb:
             pairs[title] = (ra, rb)
+    for r in pruned:  # every distilled row against the same cut fine-tuned without a teacher
+        token, cut = r["row"], f"{r['settings']['target']:g}"
+        plain = named.get(f"{token.split('/distill=')[0]} @ {cut}") if "/distill=" in token else None
+        if plain:
+            pairs[f"distillation ({token.split('/distill=')[1]}) against none, {token.split('/distill=')[0]}"
+                  f" @ {cut}"] = (plain, r)
     report["bootstrap_pairs"] = {title: {"a": _row_label(a), "b": _row_label(b), **compare(bench, a, b, resamples)}
                                  for title, (a, b) in pairs.items()}
     write_text(bench.out / "results.json", json.dumps(report, indent=2, default=str) + "\n")
@@ -94,8 +101,6 @@ def write_report(bench, report: dict, log) -> None:
             series.setdefault(key, []).append((r["flops_kept"], r["val"]["mAP50"] / 100))
     plot_accuracy_vs_flops({k: sorted(v) for k, v in series.items()}, bench.out / "accuracy_vs_flops.png",
                            baselines={"same budget": (1.0, reference["val"]["mAP50"] / 100)})
-    from accuracy_report import plot_curves
-
     plot_curves({"baseline (tuning split)": report["baseline"]["curve"]}, bench.out / "baseline_curve.png")
     log(f"wrote {bench.out / 'results.md'}, forest.png, accuracy_vs_flops.png, baseline_curve.png")
 
@@ -153,10 +158,11 @@ def main() -> None:  # re-report from the cache without training: python benchma
     import sys
     import time
 
-    from kitti_accuracy import Bench, parse_args, timed_log
+    from kitti_accuracy import Bench, parse_args
+    from harness.log import timed_log
 
     args = parse_args(sys.argv[1:])
-    bench = Bench(args, timed_log(time.perf_counter()))
+    bench = Bench(args, timed_log(time.perf_counter(), clock=True))
     report = json.loads(Path(args.out, "results.json").read_text())
     write_report(bench, report, bench.log)
 

@@ -11,7 +11,6 @@ the baseline on ONNX Runtime.
 from __future__ import annotations
 
 import copy
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,7 +21,9 @@ import torch
 from detprune.data.detections_io import save_detections
 from detprune.data.types import DetectionSet
 from detprune.errors import BadInputError
-from detprune.utils.atomic import write_text
+from harness.cache import cached_result, store_result
+from harness.criteria import criterion_options
+from harness.metrics import metrics_of as fold_metrics, points
 
 EVAL_LETTERBOX = "rect"  # ultralytics' val: per-batch rect canvas, 640 wide
 
@@ -126,24 +127,15 @@ class RowRunner:
                 "letterbox": EVAL_LETTERBOX, "extra": sorted(self.bench.extra_sets), "latency_runs": a.latency_runs,
                 "round_to": a.round_to, "score_images": a.score_images, **more}
 
-    def _cached(self, folder: Path, settings: dict) -> dict | None:
-        done = folder / "result.json"
-        if done.is_file():
-            cached = json.loads(done.read_text())
-            if cached.get("settings") == settings:
-                return {**cached, "cached": True}
-        return None
-
     def _finish(self, folder: Path, settings: dict, kind: str, model, extra: dict, tick: float) -> dict:
         result = {"settings": settings, "kind": kind, "row": kind, **extra, **self.measure(model, folder)}
         result["seconds"] = {**extra.get("seconds", {}), "total": time.perf_counter() - tick}
-        write_text(folder / "result.json", json.dumps(result, indent=2) + "\n")
-        return result
+        return store_result(folder, result)
 
     # --- rows -------------------------------------------------------------------------
     def unpruned(self, cached_only: bool = False) -> dict | None:
         folder, settings = self.root / "unpruned", self._settings(epochs=0)
-        cached = self._cached(folder, settings)
+        cached = cached_result(folder, settings, mark=True)
         if cached or cached_only:
             return cached
         return self._finish(folder, settings, "unpruned", self.base, {}, time.perf_counter())
@@ -151,7 +143,7 @@ class RowRunner:
     def same_budget(self, cached_only: bool = False) -> dict | None:
         """The baseline trained ``--finetune-epochs`` more with the fine-tunes' settings."""
         folder, settings = self.root / "same_budget", self._settings(**self.bench.train_options(self.args.seed))
-        cached = self._cached(folder, settings)
+        cached = cached_result(folder, settings, mark=True)
         if cached or cached_only:
             return cached
         tick = time.perf_counter()
@@ -164,7 +156,7 @@ class RowRunner:
         a = self.args
         folder = self.root / row.name()
         settings = self._settings(**asdict(row), **self.bench.train_options(a.seed))
-        cached = self._cached(folder, settings)
+        cached = cached_result(folder, settings, mark=True)
         if cached or cached_only:
             return cached
         tick = time.perf_counter()
@@ -178,8 +170,6 @@ class RowRunner:
         return self._finish(folder, settings, "pruned", tuned, extra, tick)
 
     def score(self, model, row: Row) -> dict:
-        from accuracy_cells import criterion_options
-
         from detprune.criteria import get_criterion
         from detprune.workflow.stages import score_channels
 
@@ -207,12 +197,9 @@ class RowRunner:
 
 def metrics_of(result: dict, class_names: list[str]) -> dict:
     """The k-fold benchmark's columns (points), plus KITTI moderate and hard per class."""
-    from accuracy_cells import metrics_of as fold_metrics
-
     row = fold_metrics(result, class_names)
     per_class = (result.get("kitti") or {}).get("per_class") or {}
     for name in class_names:
         for level in ("moderate", "hard"):
-            value = (per_class.get(name) or {}).get(level)
-            row[f"KITTI {name} {level}"] = None if value is None else 100.0 * float(value)
+            row[f"KITTI {name} {level}"] = points((per_class.get(name) or {}).get(level))
     return row

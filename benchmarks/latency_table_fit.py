@@ -28,11 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import accuracy  # noqa: E402
 from detprune.errors import DetpruneError  # noqa: E402
 from detprune.pruning import prune_model  # noqa: E402
 from detprune.pruning.latency_measure import UNIFORM_CALIBRATION, cut_copy  # noqa: E402
 from detprune.pruning.latency_table import LatencyCost  # noqa: E402
+from harness.kfold_args import add_accuracy_args  # noqa: E402
+from harness.kfold_baselines import cached_fold  # noqa: E402
 
 
 def layer_features(model: torch.nn.Module, hw) -> dict[str, tuple[int, int]]:
@@ -76,11 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fold", type=int, default=1)
     p.add_argument("--flops", type=float, default=0.5, help="FLOPs kept by the FLOPs-cost cut")
     p.add_argument("--latency", type=float, default=0.61, help="predicted latency kept by the latency-cost cut")
-    p.add_argument(
-        "--accuracy-args", default="--threads 1 --baseline-epochs 50 --finetune-epochs 10 --out runs/accuracy"
-    )
+    add_accuracy_args(p, "baselines and cells")
     args = p.parse_args(argv)
-    bench, runner, base = accuracy.cached_fold(args.accuracy_args, args.fold)
+    bench, runner, base = cached_fold(args.accuracy_args, args.fold)
     hw = runner.hw
     table = runner.latency_table(base)
     if not table.check.get("rows"):

@@ -38,7 +38,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_VERBOSE", "False")
@@ -47,7 +47,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import compare_criteria as cc  # noqa: E402
 from detprune.adapters.yolo import YoloAdapter  # noqa: E402
 from detprune.data.loader import load_train_val  # noqa: E402
 from detprune.errors import DetpruneError  # noqa: E402
@@ -59,14 +58,19 @@ from detprune.pruning.supernet import ChannelMasks, WidthSpace  # noqa: E402
 from detprune.pruning.supernet_train import SupernetEstimator, train_supernet  # noqa: E402
 from detprune.utils.atomic import write_text  # noqa: E402
 from detprune.workflow.stages import finetune_variant, score_channels  # noqa: E402
+from harness import holdout  # noqa: E402  (compare_criteria's baseline, runs and measurement)
+from harness.cache import cached_result, cached_run, settings_key  # noqa: E402
+from harness.holdout import fmt  # noqa: E402
+from harness.log import timed_log  # noqa: E402
+from harness.paths import SHARED  # noqa: E402
 
-METRICS = [c for c, _ in cc.METRICS]
+METRICS = [c for c, _ in holdout.METRICS]
 VARIANTS = ("searched", "searched-from-baseline", "uniform", "saliency-global")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default=str(cc.SHARED / "data" / "kitti_tiny"))
+    p.add_argument("--data", default=str(SHARED / "data" / "kitti_tiny"))
     p.add_argument("--imgsz", type=int, default=320)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=0.01)
@@ -100,52 +104,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def criteria_args(args: argparse.Namespace) -> argparse.Namespace:
     """compare_criteria's settings for the same baseline and fine-tuning protocol."""
-    return cc.parse_args(
-        [
-            "--data",
-            args.data,
-            "--imgsz",
-            str(args.imgsz),
-            "--batch",
-            str(args.batch),
-            "--lr",
-            str(args.lr),
-            "--baseline-epochs",
-            str(args.baseline_epochs),
-            "--finetune-epochs",
-            str(args.finetune_epochs),
-            "--round-to",
-            str(args.round_to),
-            "--latency-runs",
-            str(args.latency_runs),
-            "--targets",
-            str(args.target),
-            "--criteria",
-            "saliency",
-            "--out",
-            args.baseline_out,
-        ]
-    )
-
-
-def cached_run(folder: Path, settings: dict, work: Callable[[], dict]) -> dict:
-    done = folder / "result.json"
-    if done.is_file():
-        cached = json.loads(done.read_text())
-        if cached.get("settings") == settings:
-            return cached
-    result = {"settings": settings, **work()}
-    write_text(done, json.dumps(result, indent=2) + "\n")
-    return result
+    return holdout.protocol_args(data=args.data, imgsz=args.imgsz, batch=args.batch, lr=args.lr,
+                                 baseline_epochs=args.baseline_epochs, finetune_epochs=args.finetune_epochs,
+                                 round_to=args.round_to, latency_runs=args.latency_runs, out=args.baseline_out)
 
 
 def tuned_result(args, cargs, adapter, model, train, val, folder: Path, seed: int, extra: dict | None = None) -> dict:
     """Fine-tune ``model`` with compare_criteria's protocol and measure it on the val frames."""
     tick = time.perf_counter()
     tuned = finetune_variant(
-        adapter, model, train, val, epochs=args.finetune_epochs, out_dir=folder, **cc.train_options(cargs, seed)
+        adapter, model, train, val, epochs=args.finetune_epochs, out_dir=folder, **holdout.train_options(cargs, seed)
     )
-    row = cc.measure(cargs, adapter, tuned, val)
+    row = holdout.measure(cargs, adapter, tuned, val)
     return {**row, **(extra or {}), "seconds": {"finetune": time.perf_counter() - tick}}
 
 
@@ -153,12 +123,13 @@ def saliency_global(args, cargs, adapter, base_model, base_key, train, val, seed
     """compare_criteria's saliency run at the target where its settings match; else rerun into ``<out>/global``."""
     settings = {"baseline": base_key, "target": args.target, "criterion": "saliency", "seed": seed,
                 "round_to": args.round_to, "epochs": args.finetune_epochs, "latency_runs": args.latency_runs,
-                **cc.train_options(cargs, seed)}
-    done = Path(args.baseline_out) / "runs" / f"flops{args.target:g}" / "saliency" / f"seed{seed}" / "result.json"
-    if done.is_file() and json.loads(done.read_text()).get("settings") == settings:
-        return {**json.loads(done.read_text()), "reused": str(done)}
+                **holdout.train_options(cargs, seed)}
+    folder = holdout.run_dir(args.baseline_out, args.target, "saliency", seed)
+    reused = cached_result(folder, settings)
+    if reused is not None:
+        return {**reused, "reused": str(folder / "result.json")}
     local = argparse.Namespace(**{**vars(cargs), "out": str(Path(args.out) / "global")})
-    return cc.one_run(local, adapter, base_model, base_key, train, val, args.target, "saliency", seed, log)
+    return holdout.one_run(local, adapter, base_model, base_key, train, val, args.target, "saliency", seed, log)
 
 
 def build_supernet(args, adapter, base_model, base_key, train, val, log):
@@ -167,7 +138,7 @@ def build_supernet(args, adapter, base_model, base_key, train, val, log):
                 "lr": args.lr, "epochs": args.supernet_epochs, "subnets_per_step": args.subnets_per_step,
                 "width_choices": args.width_choices, "round_to": args.round_to,
                 "optimizer": "sgd, lr x batch/64, warm-up epoch, cosine"}  # v1 (full lr every batch) wrecked the model
-    folder = Path(args.out) / "cache" / f"supernet-{cc.settings_key(settings)}"
+    folder = Path(args.out) / "cache" / f"supernet-{settings_key(settings)}"
     model = copy.deepcopy(base_model)
     tick = time.perf_counter()
     scores = score_channels(
@@ -217,17 +188,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cargs = criteria_args(args)
     started = time.perf_counter()
-    log = cc.timed_log(started)
+    log = timed_log(started)
 
     train, val = load_train_val(args.data, val_count=cargs.val_count, seed=cargs.split_seed)
     adapter = YoloAdapter()
-    expected = Path(args.baseline_out) / "cache" / "baseline-af458c75d4e5" / "baseline.pt"
+    key = settings_key(holdout.baseline_settings(cargs))
+    expected = Path(args.baseline_out) / "cache" / f"baseline-{key}" / "baseline.pt"
     if not expected.is_file():
         log(f"WARNING: {expected} not found: the baseline will be TRAINED now ({args.baseline_epochs} epochs, ~10 min)")
-    base_model, base_checkpoint = cc.baseline(cargs, adapter, train, val, log)
-    base_key = cc.baseline_key(base_checkpoint)
-    base = cc.measure(cargs, adapter, base_model, val)
-    log("baseline: " + ", ".join(f"{c} {cc.fmt(base[c])}" for c in METRICS))
+    base_model, base_checkpoint = holdout.baseline(cargs, adapter, train, val, log)
+    base_key = holdout.baseline_key(base_checkpoint)
+    base = holdout.measure(cargs, adapter, base_model, val)
+    log("baseline: " + ", ".join(f"{c} {fmt(base[c])}" for c in METRICS))
 
     space, masks, prior, supernet, built = build_supernet(args, adapter, base_model, base_key, train, val, log)
     estimator = SupernetEstimator(adapter, supernet, masks, val, imgsz=args.imgsz, batch_size=args.batch)
@@ -246,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
               "latency_runs": args.latency_runs}
     runs: dict[str, list[dict]] = {}
     for seed in args.seeds:
-        options = cc.train_options(cargs, seed)
+        options = holdout.train_options(cargs, seed)
         variants = {
             "searched": lambda: cut(adapter, copy.deepcopy(supernet), space, evolution.best).model,
             "searched-from-baseline": lambda: cut(adapter, copy.deepcopy(base_model), space, evolution.best).model,
@@ -279,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                 folder, settings, lambda: tuned_result(args, cargs, adapter, make(), train, val, folder, seed)  # noqa: B023  (called before the loop moves on)
             )
             runs.setdefault(name, []).append(result)
-            log(f"{name} seed {seed}: " + ", ".join(f"{c} {cc.fmt(result[c])}" for c in METRICS))
+            log(f"{name} seed {seed}: " + ", ".join(f"{c} {fmt(result[c])}" for c in METRICS))
         if "saliency-global" not in args.variants:
             continue
         try:
@@ -288,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"saliency-global seed {seed}: skipped: {err}")
             continue
         runs.setdefault("saliency-global", []).append(result)
-        log(f"saliency-global seed {seed}: " + ", ".join(f"{c} {cc.fmt(result[c])}" for c in METRICS))
+        log(f"saliency-global seed {seed}: " + ", ".join(f"{c} {fmt(result[c])}" for c in METRICS))
 
     # rank correlation: subnets over the FLOPs range, each cut from the baseline and fine-tuned alone
     # drawn from a uniform prior, so the subnets (and their cached fine-tunings) do not depend on the supernet
@@ -299,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         subnet = uniform.repair(uniform.draw(rng), level - 0.02, level + 0.02, rng)
         estimate = estimator(subnet)
         folder = Path(args.out) / "tau" / f"subnet{k}"
-        settings = {**common, "variant": "tau", "seed": 0, "widths": space.widths(subnet), **cc.train_options(cargs, 0)}
+        settings = {**common, "variant": "tau", "seed": 0, "widths": space.widths(subnet),
+                    **holdout.train_options(cargs, 0)}
         result = cached_run(folder, settings, lambda: tuned_result(
             args, cargs, adapter, cut(adapter, copy.deepcopy(base_model), space, subnet).model, train, val, folder, 0))  # noqa: B023  (called before the loop moves on)
         tau_rows.append({"flops_kept": space.flops_fraction(subnet), "estimate_mAP50": 100 * estimate,
@@ -353,12 +326,12 @@ def main(argv: list[str] | None = None) -> int:
 def markdown(base, rows, args, evolution, build_s, separate_s, tau, tau_flops, tau_rows, built) -> str:
     head = ["allocation", "seeds", *METRICS, "Δ mAP50", "params (M)", "GFLOPs", "CPU ms"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines.append("| unpruned | - | " + " | ".join(cc.fmt(base[c]) for c in METRICS)
-                 + f" | - | {base['params'] / 1e6:.2f} | {base['flops'] / 1e9:.2f} | {cc.fmt(base['latency_ms'])} |")
+    lines.append("| unpruned | - | " + " | ".join(fmt(base[c]) for c in METRICS)
+                 + f" | - | {base['params'] / 1e6:.2f} | {base['flops'] / 1e9:.2f} | {fmt(base['latency_ms'])} |")
     for name, s in rows.items():
-        lines.append(f"| {name} | {s['seeds']} | " + " | ".join(cc.fmt(s.get(c)) for c in METRICS)
+        lines.append(f"| {name} | {s['seeds']} | " + " | ".join(fmt(s.get(c)) for c in METRICS)
                      + f" | {s['mAP50']['mean'] - base['mAP50']:+.1f} | {s['params']['mean'] / 1e6:.2f}"
-                     + f" | {s['flops']['mean'] / 1e9:.2f} | {cc.fmt(s.get('latency_ms'))} |")
+                     + f" | {s['flops']['mean'] / 1e9:.2f} | {fmt(s.get('latency_ms'))} |")
     lines.append(f"\nAP in points on {args.val_count} held-out frames, mean ± std over seeds "
                  f"{','.join(map(str, args.seeds))}; {args.imgsz} px; target {args.target:g} of the FLOPs; "
                  f"fine-tuning {args.finetune_epochs} epochs; CPU ms = ONNX Runtime median at batch 1.")

@@ -28,16 +28,12 @@ from detprune.utils.seeding import INIT_SEED
 def _adapter_for(model: nn.Module, adapter: DetectorAdapter | None) -> DetectorAdapter:
     if adapter is not None:
         return adapter
-    from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
-    from ultralytics.nn.tasks import DetectionModel
+    from detprune.adapters import adapter_for_model
 
-    from detprune.adapters import adapter_class
-
-    if isinstance(model, DetectionModel):
-        return adapter_class("yolo")()
-    if isinstance(model, GeneralizedRCNN):
-        return adapter_class("rcnn")()
-    raise UnsupportedError(f"{type(model).__name__}: no adapter knows this model; pass adapter=")
+    found = adapter_for_model(model)
+    if found is None:
+        raise UnsupportedError(f"{type(model).__name__}: no adapter knows this model; pass adapter=")
+    return found
 
 
 def _dataset(data: str | Path | DetectionSet, class_map=None) -> DetectionSet:

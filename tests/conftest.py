@@ -1,7 +1,13 @@
 """Shared fixtures: paths to the optional real data, a small synthetic KITTI set.
 
-Tests are grouped by layer (``unit/<layer>/``, ``cli/``, ``security/``, ``e2e/``); the helper
-modules beside this file (``pruning_toys``, ``rcnn_models``) are importable from every group.
+Tests are grouped by layer (``unit/<layer>/``, ``cli/``, ``security/``, ``e2e/``). A test module
+never imports another test module: what several test modules share (builders, small models,
+constants) lives in a helper module that is not a test module, named for its theme
+(``<theme>_toys.py``; ``rcnn_models.py``), in the lowest folder that holds every test using it:
+
+* beside this file, importable from every group: ``pruning_toys``, ``rcnn_models``, ``runtime_toys``;
+* beside the tests of one folder, importable there: ``unit/criteria/saliency_toys``,
+  ``unit/export/export_toys``, ``unit/train/finetune_toys``.
 """
 
 from __future__ import annotations
@@ -12,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-# the helper modules here, and the groups' modules, whose fixtures and builders other groups reuse
-# (``from test_saliency import make_batch``): every group folder is importable as a top-level module
+# the helper modules beside this file are importable from every group; pytest puts a test module's own
+# folder on sys.path when it imports it, so a folder's helper modules are importable from its tests
 _TESTS = Path(__file__).resolve().parent
-sys.path[:0] = [str(_TESTS), *sorted(str(d) for d in _TESTS.glob("*/**") if d.is_dir() and d.name != "__pycache__")]
+sys.path.insert(0, str(_TESTS))
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_VERBOSE", "False")

@@ -1,4 +1,4 @@
-"""Small real networks and a minimal adapter for the pruning tests.
+"""Small real networks, a minimal adapter and shared checks for the pruning tests.
 
 The adapter serves classification and toy nets, which have no detection objective: only the
 methods the pruner uses (example inputs, protected layers, activation points) are real.
@@ -14,6 +14,9 @@ import torch
 from torch import nn
 
 from detprune.adapters.base import DetectorAdapter
+from detprune.pruning import prune_model
+from detprune.pruning.groups import enumerate_groups
+from detprune.pruning.pruner import apply_plan, trace_forward
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -158,6 +161,13 @@ def randomise_norms(model: nn.Module, seed: int = 0) -> None:
                 m.running_var.copy_(0.5 + torch.rand(n, generator=g))
 
 
+def random_scores(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        n: torch.rand(m.out_channels, generator=g) for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)
+    }
+
+
 def random_plan(coupled, seed: int = 0, fraction_of_groups: float = 0.6) -> dict[int, np.ndarray]:
     """Random positions of random prunable groups; every group keeps at least half its channels."""
     rng = np.random.default_rng(seed)
@@ -218,3 +228,25 @@ def assert_same_outputs(reference, pruned, rtol: float = 1e-4) -> None:
 
 def clone(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model)
+
+
+def cut_exactly_what_cost_removes(adapter, model, scores, imgsz, outputs, flops: float = 0.5, groups: int = 4,
+                                  **options):
+    """Zero the channels a cost allocation (or ``options``') removes, cut exactly those, compare with the uncut
+    model."""
+    options = options or {"allocation": "cost"}
+    removed = prune_model(adapter, copy.deepcopy(model), scores, target_flops=flops, imgsz=imgsz, **options).removed
+    example = adapter.example_inputs(model, imgsz)
+    coupled = enumerate_groups(model, example, adapter.protected_layers(model), trace_forward(adapter, model))
+    by_root = {g.root: g for g in coupled.groups}
+    plan = {}
+    for r in removed:
+        group = by_root[r.root]
+        position = {int(c): p for p, c in enumerate(group.channels.tolist())}
+        plan[group.index] = np.array(sorted(position[c] for c in r.channels), dtype=np.int64)
+    assert len(plan) >= groups
+    silence(coupled, plan)
+    reference = copy.deepcopy(model)
+    apply_plan(coupled, plan)
+    with torch.no_grad():
+        return outputs(reference, example), outputs(model, example, reference)

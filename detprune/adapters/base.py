@@ -185,6 +185,10 @@ class DetectorAdapter(ABC):
         """The model as it is exported: one image tensor in, plain tensors out (no Python objects)."""
         return model
 
+    def onnx_output_layout(self, model: nn.Module) -> str:
+        """The exported graph's output in words, for a deployment reading its metadata."""
+        return f"{self.family}: see docs/deploy.md"
+
     def onnx_postprocess(self, model: nn.Module, **options: Any) -> PostProcess:
         """Detections from the raw output of ``export_module(model)``'s graph, matching :meth:`predict`."""
         raise UnsupportedError(f"{self.family}: this model's exported graph has no post-processing to score it with")

@@ -22,6 +22,11 @@ PAD_VALUE = 114  # grey, as the ultralytics letterbox pads
 RECT_PAD = 0.5  # strides of border ultralytics' val rect adds (its dataset ``pad`` outside training)
 
 
+def train_side(imgsz: int | Sequence[int]) -> int:
+    """The size a trainer that takes one number gets: the long side (ultralytics trains at it, rect or square)."""
+    return imgsz if isinstance(imgsz, int) else max(int(imgsz[0]), int(imgsz[1]))
+
+
 def as_hw(imgsz: int | Sequence[int]) -> tuple[int, int]:
     """``640`` -> ``(640, 640)``; ``(384, 1280)`` stays (height, width); each side 1 to 8192 (one-line error)."""
     from detprune.utils.numbers import image_size

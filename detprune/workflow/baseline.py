@@ -90,9 +90,10 @@ def train_until_flat(
     from detprune.errors import UnsupportedError
     from detprune.workflow.stages import finetune_variant
 
-    if adapter.family != "yolo":
+    if not adapter.epoch_callbacks:
         raise UnsupportedError(
-            f"training until the validation curve flattens needs ultralytics' trainer, not {adapter.family}"
+            f"training until the validation curve flattens needs a trainer that reports every epoch's validation; "
+            f"{adapter.family}'s does not"
         )
 
     def after_epoch(trainer: Any) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from detprune.data.batch import train_side  # noqa: F401  (the commands' size for a trainer)
 from detprune.defaults import DEFAULT_IMGSZ
 
 
@@ -41,11 +42,6 @@ def imgsz_source(given: Any, model: Any = None) -> str:
     if given is not None:
         return "--imgsz"
     return "the model's training size" if trained_imgsz(model) else "the default"
-
-
-def train_side(imgsz: int | Sequence[int]) -> int:
-    """The size a trainer that takes one number gets: the long side (ultralytics trains at it, rect or square)."""
-    return imgsz if isinstance(imgsz, int) else max(int(imgsz[0]), int(imgsz[1]))
 
 
 def input_shape(

@@ -14,14 +14,6 @@ PREPROCESSING = (
     "RGB, scaled to [0, 1], NCHW float; resized keeping the aspect ratio and padded with grey "
     "(114/255) to the input shape, the image centred (letterbox {letterbox})"
 )
-# the layout of each family's exported output, as adapter.export_module returns it
-OUTPUT_LAYOUT = {
-    "yolo": (
-        "(batch, 4 + nc, anchors): per anchor a box as centre x, centre y, width, height in input pixels, then "
-        "{nc} class scores in [0, 1]; no NMS (apply it, e.g. IoU 0.7); boxes map to the frame by undoing the letterbox"
-    ),
-    "yolo-end2end": "(batch, max_det, 6): x1, y1, x2, y2 in input pixels, score, class index; NMS-free",
-}
 
 
 def onnx_metadata(
@@ -34,8 +26,6 @@ def onnx_metadata(
     h, w = as_hw(imgsz)
     names = {i: str(n) for i, n in enumerate(adapter.class_names(model))}
     family = adapter.family
-    end2end = bool(getattr(_detect_head(model), "end2end", False))
-    layout = OUTPUT_LAYOUT.get(f"{family}-end2end" if end2end else family, f"{family}: see docs/deploy.md")
     return {
         "names": repr(names),
         "imgsz": repr([h, w]),
@@ -49,16 +39,9 @@ def onnx_metadata(
         "detprune.letterbox": letterbox,
         "detprune.input": f"images: ({batch}, 3, {h}, {w}) float",
         "detprune.preprocessing": PREPROCESSING.format(letterbox=letterbox),
-        "detprune.output": layout.replace("{nc}", str(len(names))),
+        "detprune.output": adapter.onnx_output_layout(model),
     }
 
-
-def _detect_head(model):
-    inner = getattr(model, "model", None)
-    try:
-        return inner[-1] if inner is not None else None
-    except (TypeError, IndexError, KeyError):
-        return None
 
 
 def write_onnx_metadata(path: str | Path, entries: dict[str, str]) -> None:

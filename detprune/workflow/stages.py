@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 from torch import nn
 
-from detprune.adapters.base import DetectorAdapter
+from detprune.adapters.base import DetectorAdapter, FinetuneOptions
 from detprune.data.types import DetectionSet
 from detprune.errors import DetpruneError
 
@@ -43,11 +43,6 @@ def score_channels(
     return scorer.score(adapter, model, batches)
 
 
-# family-neutral option names -> the names each family's trainer takes. val_every_epoch=False
-# (YOLO): validate after the last epoch only, so the last epoch is returned, not one picked on val
-_FINETUNE_NAMES = {"yolo": {"lr": "lr0", "val_every_epoch": "val"}, "rcnn": {"batch": "batch_size"}}
-
-
 def finetune_variant(
     adapter: DetectorAdapter,
     model: nn.Module,
@@ -63,27 +58,15 @@ def finetune_variant(
 ) -> nn.Module:
     """Fine-tune ``model`` on ``train`` (validated on ``val``) with the family's own trainer.
 
-    YOLO trains through ultralytics, which reads a YOLO dataset: it is written from the
-    splits into ``out_dir/dataset`` first. Returns the best model, pruned shapes kept.
+    The family writes what its trainer reads from the splits (YOLO: a dataset under
+    ``out_dir/dataset``) and maps the neutral option names onto its trainer's
+    (:meth:`DetectorAdapter.finetune_splits`). Returns the best model, pruned shapes kept.
     With ``teacher`` (the unpruned model) the trainer distils from it, ``distill_weight``
-    scaling that loss (the family's default when None). ``label`` names YOLO's epoch bar
-    (e.g. "baseline epochs" for training from scratch).
+    scaling that loss (the family's default when None). ``label`` names the epoch display
+    (e.g. "baseline epochs" for training from scratch). ``val_every_epoch=False``: validate
+    after the last epoch only, so the last epoch is returned, not one picked on val.
     """
-    out_dir = Path(out_dir)
-    options = {_FINETUNE_NAMES.get(adapter.family, {}).get(k, k): v for k, v in options.items() if v is not None}
-    if teacher is not None:
-        options.update(teacher=teacher, distill_weight=distill_weight)
-    if adapter.family == "yolo":
-        from detprune.data.convert import write_yolo_dataset
-
-        data: Any = write_yolo_dataset(train, val, out_dir / "dataset")
-        options.setdefault("exist_ok", True)
-        if options.get("imgsz") is not None:  # ultralytics trains at one size: the long side of H,W
-            from detprune.workflow.imgsz import train_side
-
-            options["imgsz"] = train_side(options["imgsz"])
-        if label:
-            options["progress_label"] = label
-    else:
-        data = {"train": train, "val": val}
-    return adapter.finetune(model, data, epochs=epochs, out_dir=out_dir / "finetune", **options)
+    settings = FinetuneOptions.from_dict(
+        {**options, "teacher": teacher, "distill_weight": distill_weight if teacher is not None else None,
+         "label": label})
+    return adapter.finetune_splits(model, train, val, epochs=epochs, out_dir=out_dir, options=settings)

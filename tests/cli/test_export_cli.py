@@ -13,7 +13,7 @@ import torch
 
 from detprune import cli
 from detprune.export.onnx import export_onnx, load_onnx
-from test_latency import HAS_TENSORRT
+from runtime_toys import HAS_TENSORRT
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -36,7 +36,7 @@ def yolo_adapter():
 
 @pytest.fixture(scope="module")
 def small_onnx(tmp_path_factory):
-    from test_latency import small_detector
+    from runtime_toys import small_detector
 
     return export_onnx(small_detector(), torch.rand(1, 3, 64, 64), tmp_path_factory.mktemp("cli") / "net.onnx").path
 

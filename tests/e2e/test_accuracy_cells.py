@@ -8,9 +8,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from accuracy_cells import Cell, allocation_label, parse_class_weights, split_allocation  # noqa: E402
+from accuracy_cells import Cell  # noqa: E402
 from accuracy_report import row_name, summarise  # noqa: E402
+from harness.criteria import allocation_label, split_allocation  # noqa: E402
 
+from detprune.criteria.class_weights import parse_class_weights  # noqa: E402
 from detprune.errors import DetpruneError  # noqa: E402
 
 CLASSES = ["Car", "Pedestrian", "Cyclist"]
@@ -77,7 +79,7 @@ def test_catro_picks_joint_subsets_only_at_widths_it_did_not_allocate():
 
 
 def test_criterion_tokens_carry_their_options_into_the_name_and_the_criterion():
-    from accuracy_cells import criterion_options, split_criterion
+    from harness.criteria import criterion_options, split_criterion
 
     assert split_criterion("l1") == ("l1", {})
     assert split_criterion("catro:ridge=0:roi_size=5") == ("catro", {"ridge": 0, "roi_size": 5})

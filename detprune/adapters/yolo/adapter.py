@@ -284,6 +284,10 @@ class YoloAdapter(DetectorAdapter):
     def trainer_options(self, options: FinetuneOptions) -> dict[str, Any]:
         renamed = super().trainer_options(options)
         renamed.setdefault("exist_ok", True)
+        if renamed.get("imgsz") is not None:  # ultralytics trains at one size: the long side of H,W
+            from detprune.data.batch import train_side
+
+            renamed["imgsz"] = train_side(renamed["imgsz"])
         return renamed
 
     def finetune_data(self, train: DetectionSet, val: DetectionSet, out_dir: Path) -> Path:
@@ -296,6 +300,14 @@ class YoloAdapter(DetectorAdapter):
         from detprune.adapters.yolo.distill import check_teacher
 
         check_teacher(teacher, student)
+
+    def onnx_output_layout(self, model: nn.Module) -> str:
+        nc = len(self.class_names(model))
+        if getattr(model.model[-1], "end2end", False):
+            return "(batch, max_det, 6): x1, y1, x2, y2 in input pixels, score, class index; NMS-free"
+        return (f"(batch, 4 + nc, anchors): per anchor a box as centre x, centre y, width, height in input pixels, "
+                f"then {nc} class scores in [0, 1]; no NMS (apply it, e.g. IoU 0.7); boxes map to the frame by "
+                "undoing the letterbox")
 
     def onnx_postprocess(self, model: nn.Module, **options: Any) -> PostProcess:
         from detprune.adapters.yolo.exported import yolo_head_info, yolo_postprocess

@@ -11,7 +11,8 @@ How ultralytics 8.4 distils (``ultralytics/nn/distill_model.py``, wired in ``eng
   student's to the teacher's channels, so unequal widths are handled by construction; what
   must agree is the number of levels and their strides (the maps are compared cell by cell);
 * the loss is an L2 between projected student and teacher maps, weighted per cell by the
-  teacher's highest class score there, times ``dis`` (default 6.0), added to the detection loss;
+  teacher's highest class score there, times ``dis`` (ultralytics' default 6.0; detprune's
+  ``DEFAULT_DISTILL_WEIGHT``), added to the detection loss;
 * the EMA (and so every checkpoint the trainer writes) drops the teacher; ``last.pt`` keeps the
   projector for a resumed run, which rebuilds the teacher from ``args.distill_model``.
 
@@ -33,6 +34,10 @@ from torch import nn
 
 from detprune.errors import BadInputError
 
+# ``dis`` when none is given. Chosen on the tuning split of the 2,000-frame KITTI benchmark
+# (taylor/cost at 50% FLOPs, 10 epochs: tune mAP50 66.3 plain, 68.8 at 0.5, 69.3 at 2; ultralytics'
+# own 6.0 lost 10-14 points on 75 frames); docs/benchmarks.md, the headline section.
+DEFAULT_DISTILL_WEIGHT = 2.0
 TEACHER_CHECKPOINT = "teacher.pt"  # beside start.pt, outside the run folder (DDP's launcher empties that)
 
 

@@ -202,8 +202,9 @@ def finetune_yolo(
 
     ``teacher`` (the unpruned model, same classes and head levels) turns on knowledge
     distillation with ultralytics' ``DistillationModel``; ``distill_weight`` is its ``dis``
-    (default ultralytics' 6.0). The teacher is frozen and never saved with the student; a
-    resumed run distils from the teacher it started with.
+    (default :data:`~detprune.adapters.yolo.distill.DEFAULT_DISTILL_WEIGHT`, 2.0; ultralytics' own
+    is 6.0). The teacher is frozen and never saved with the student; a resumed run distils from
+    the teacher it started with.
 
     ``class_weights`` (``{class name: weight > 0}``, classes not named weigh 1) scales each
     class's share of the classification loss: ultralytics' own per-class BCE weights
@@ -229,6 +230,10 @@ def finetune_yolo(
     if resume:
         args, expected = _resume_args(model, data_yaml, epochs, out_dir, {**given, **overrides})
     else:
+        if teacher is not None and distill_weight is None and "dis" not in overrides:
+            from detprune.adapters.yolo.distill import DEFAULT_DISTILL_WEIGHT
+
+            distill_weight = DEFAULT_DISTILL_WEIGHT
         if distill_weight is not None:
             overrides = {**overrides, "dis": float(distill_weight)}
         settings = {**given, "seed": seed, **overrides}

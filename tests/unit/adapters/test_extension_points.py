@@ -229,6 +229,34 @@ def test_finetune_splits_hands_the_family_trainer_its_own_names(tmp_path):
                                 options=adapters.FinetuneOptions(callbacks={"on_fit_epoch_end": print}))
 
 
+
+def test_the_run_reaches_a_new_family_through_its_capabilities_alone(tmp_path):
+    """The workflow's fine-tuning stage, its baseline trainer and its ONNX metadata name no family:
+    a family added outside detprune gets its own trainer names, teacher and output layout."""
+    from detprune.workflow.baseline import Flatness, train_until_flat
+    from detprune.workflow.onnx_metadata import onnx_metadata
+    from detprune.workflow.stages import finetune_variant
+
+    class LayoutFamily(RecordingFamily):
+        def class_names(self, model):
+            return ["car"]
+
+        def onnx_output_layout(self, model):
+            return "one row per box"
+
+    adapter, model, teacher = LayoutFamily(), nn.Linear(2, 2), nn.Linear(2, 2)
+    finetune_variant(adapter, model, "train-split", "val-split", epochs=2, out_dir=tmp_path, lr=0.5, batch=None,
+                     teacher=teacher, distill_weight=3.0, label="epochs")
+    data, epochs, out_dir, given = RecordingFamily.calls[-1]
+    assert data == {"train": "train-split", "val": "val-split"} and epochs == 2 and out_dir == tmp_path / "finetune"
+    assert given == {"learning_rate": 0.5, "teacher": teacher, "distill_weight": 3.0}
+    finetune_variant(adapter, model, "t", "v", epochs=1, out_dir=tmp_path, distill_weight=3.0)
+    assert RecordingFamily.calls[-1][3] == {}  # a weight without a teacher distils nothing
+    with pytest.raises(Exception, match="validation"):  # no per-epoch curve: no training until flat
+        train_until_flat(adapter, model, "t", "v", max_epochs=2, rule=Flatness(), out_dir=tmp_path)
+    meta = onnx_metadata(adapter, model, 64)
+    assert meta["detprune.family"] == "recording" and meta["detprune.output"] == "one row per box"
+
 def test_limits_go_in_as_one_object():
     from detprune.pruning.allocation import Limits
 

@@ -14,7 +14,7 @@ from detprune.criteria.car import CAR, plot_class_drops
 from detprune.pruning.car_schedule import car_prune
 from detprune.errors import DetpruneError
 from pruning_toys import ToyAdapter, one_thread  # noqa: F401
-from test_saliency import make_batch
+from saliency_toys import make_batch
 
 
 class BoxNet(nn.Module):
@@ -134,7 +134,7 @@ def test_class_wise_drops_and_plot(tmp_path):
 
 
 def _yolo(yolo):
-    from test_saliency import random_image
+    from saliency_toys import random_image
 
     adapter = yolo.YoloAdapter()
     torch.manual_seed(0)

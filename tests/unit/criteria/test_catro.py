@@ -16,7 +16,7 @@ from detprune.criteria import get_criterion
 from detprune.criteria.catro import CATRO, BACKGROUND, ClassStatistics, marginal_gains, solve_trace_ratio
 from detprune.data.types import Detections
 from pruning_toys import one_thread  # noqa: F401
-from test_saliency import make_batch, random_image
+from saliency_toys import make_batch, random_image
 
 
 def test_solver_climbs_past_the_largest_between_class_channel():
@@ -215,7 +215,7 @@ def test_catro_subsets_at_uniform_widths_hit_the_target_are_exact_and_separate_b
     from detprune.pruning.groups import enumerate_groups
     from detprune.pruning.pruner import trace_forward
     from pruning_toys import assert_same_outputs, randomise_norms
-    from test_allocation import _cut_exactly_what_cost_removes
+    from pruning_toys import cut_exactly_what_cost_removes
 
     adapter = yolo.YoloAdapter()
     torch.manual_seed(0)
@@ -246,6 +246,6 @@ def test_catro_subsets_at_uniform_widths_hit_the_target_are_exact_and_separate_b
         differ += sorted(mine) != sorted(theirs)
     assert differ or math.isinf(ridge)  # the joint choice is not the ranking in disguise (at inf it is: b alone)
 
-    before, after = _cut_exactly_what_cost_removes(adapter, model, scores, 64, lambda m, x, ref=None: m(x),
+    before, after = cut_exactly_what_cost_removes(adapter, model, scores, 64, lambda m, x, ref=None: m(x),
                                                    allocation="uniform", subsets=catro)
     assert_same_outputs(before, after)

@@ -25,7 +25,7 @@ from detprune.criteria.class_weights import parse_class_weights, weight_table
 from detprune.data.types import Detections
 from detprune.errors import DetpruneError
 from pruning_toys import one_thread  # noqa: F401
-from test_saliency import make_batch
+from saliency_toys import make_batch
 
 CLASSES = ["A", "B"]
 

@@ -8,7 +8,7 @@ import torch
 from detprune.criteria.plots import content_window, pick_layers, plot_saliency_overlays, plot_score_distributions
 from detprune.criteria.saliency import saliency_maps
 from detprune.data.batch import Letterbox
-from test_saliency import BOXES, LABELS, TinyAdapter, TinyDetector, make_batch, quiet, random_image
+from saliency_toys import BOXES, LABELS, TinyAdapter, TinyDetector, make_batch, quiet, random_image
 
 
 def test_overlays_and_distributions_are_images(tmp_path):

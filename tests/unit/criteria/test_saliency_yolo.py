@@ -12,7 +12,7 @@ import torch
 from detprune.cli import main
 from detprune.criteria.saliency import BoxWeightedSaliency
 from detprune.criteria.taylor import FirstOrderTaylor
-from test_saliency import make_batch, random_image
+from saliency_toys import make_batch, random_image
 
 yolo = pytest.importorskip("detprune.adapters.yolo")
 

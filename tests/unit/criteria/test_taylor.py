@@ -8,7 +8,7 @@ import torch
 from detprune.criteria import get_criterion
 from detprune.criteria.taylor import FirstOrderTaylor
 from detprune.errors import DetpruneError
-from test_saliency import BOXES, LABELS, TinyAdapter, TinyDetector, make_batch, random_image
+from saliency_toys import BOXES, LABELS, TinyAdapter, TinyDetector, make_batch, random_image
 
 
 @pytest.fixture

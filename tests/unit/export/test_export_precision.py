@@ -11,7 +11,7 @@ from onnx import numpy_helper
 from detprune.errors import BadInputError
 from detprune.export.onnx import OnnxModel, export_onnx, graph_precision, load_onnx
 from detprune.export.precision import FP16_TOLERANCE, INT8_ABSURD, convert_fp16, decode_tail, quantize_int8
-from test_export_onnx import IMGSZ, yolo_for_export
+from export_toys import IMGSZ, yolo_for_export
 
 
 @pytest.fixture(scope="module")

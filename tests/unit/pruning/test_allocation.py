@@ -17,9 +17,15 @@ from detprune.pruning import prune_model
 from detprune.pruning.allocation import group_scores, removal_orders
 from detprune.pruning.flops import CostModel, measure
 from detprune.pruning.groups import enumerate_groups
-from detprune.pruning.pruner import apply_plan, trace_forward
 
-from pruning_toys import ToyAdapter, assert_same_outputs, cbr, one_thread, randomise_norms, silence  # noqa: F401
+from pruning_toys import (  # noqa: F401 (one_thread: an autouse fixture)
+    ToyAdapter,
+    assert_same_outputs,
+    cbr,
+    cut_exactly_what_cost_removes,
+    one_thread,
+    randomise_norms,
+)
 
 IMGSZ = 96
 YOLO = ["yolov5n.yaml", "yolov8n.yaml", "yolo11n.yaml", "yolo26n.yaml"]
@@ -87,33 +93,11 @@ def test_cost_allocation_meets_flops_and_params_targets_on_faster_rcnn(arch):
         assert result.predicted == result.after
 
 
-def _cut_exactly_what_cost_removes(adapter, model, scores, imgsz, outputs, flops: float = 0.5, groups: int = 4,
-                                   **options):
-    """Zero the channels a cost allocation (or ``options``') removes, cut exactly those, compare with the uncut
-    model."""
-    options = options or {"allocation": "cost"}
-    removed = prune_model(adapter, copy.deepcopy(model), scores, target_flops=flops, imgsz=imgsz, **options).removed
-    example = adapter.example_inputs(model, imgsz)
-    coupled = enumerate_groups(model, example, adapter.protected_layers(model), trace_forward(adapter, model))
-    by_root = {g.root: g for g in coupled.groups}
-    plan = {}
-    for r in removed:
-        group = by_root[r.root]
-        position = {int(c): p for p, c in enumerate(group.channels.tolist())}
-        plan[group.index] = np.array(sorted(position[c] for c in r.channels), dtype=np.int64)
-    assert len(plan) >= groups
-    silence(coupled, plan)
-    reference = copy.deepcopy(model)
-    apply_plan(coupled, plan)
-    with torch.no_grad():
-        return outputs(reference, example), outputs(model, example, reference)
-
-
 def test_a_cost_cut_of_yolov8n_is_exact(v8n):
     adapter, model, scores = v8n
     model = copy.deepcopy(model)
     randomise_norms(model, 4)
-    before, after = _cut_exactly_what_cost_removes(adapter, model, scores, IMGSZ, lambda m, x, ref=None: m(x))
+    before, after = cut_exactly_what_cost_removes(adapter, model, scores, IMGSZ, lambda m, x, ref=None: m(x))
     assert_same_outputs(before, after)
 
 
@@ -131,7 +115,7 @@ def test_a_cost_cut_of_faster_rcnn_mobilenet_is_exact():
         return out
 
     # the box head dominates the FLOPs: the cost cut goes to the FPN width (RPN head, fc6 columns), then fc6
-    before, after = _cut_exactly_what_cost_removes(adapter, model, scores, imgsz, outputs, flops=0.3, groups=2)
+    before, after = cut_exactly_what_cost_removes(adapter, model, scores, imgsz, outputs, flops=0.3, groups=2)
     for a, b in zip(before.tensors(), after.tensors()):
         assert_same(b, a)
 

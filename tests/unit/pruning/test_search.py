@@ -20,7 +20,7 @@ from detprune.pruning.supernet_train import SupernetEstimator, _schedule, slice_
 from detprune.workflow.measure import model_cost
 
 import pruning_toys
-from test_supernet import random_scores
+from pruning_toys import random_scores
 
 one_thread = pruning_toys.one_thread  # module-scoped: one intra-op thread on the shared cores
 IMGSZ = 64

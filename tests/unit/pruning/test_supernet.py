@@ -16,17 +16,18 @@ from detprune.pruning.allocation import Limits
 from detprune.pruning.supernet import ChannelMasks, WidthSpace, running, thin
 
 import pruning_toys
-from pruning_toys import ResidualConcatNet, SplitNet, ToyAdapter, assert_same_outputs, randomise_norms, tensors
+from pruning_toys import (
+    ResidualConcatNet,
+    SplitNet,
+    ToyAdapter,
+    assert_same_outputs,
+    random_scores,
+    randomise_norms,
+    tensors,
+)
 
 one_thread = pruning_toys.one_thread  # module-scoped: one intra-op thread on the shared cores
 IMGSZ = 64
-
-
-def random_scores(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return {
-        n: torch.rand(m.out_channels, generator=g) for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)
-    }
 
 
 def random_subnets(space, count, seed=0):

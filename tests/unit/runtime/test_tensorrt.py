@@ -23,7 +23,7 @@ from detprune.export.tensorrt import (
     sidecar_path,
     write_sidecar,
 )
-from test_latency import HAS_TENSORRT
+from runtime_toys import HAS_TENSORRT
 
 REPO = Path(__file__).resolve().parents[3]
 ORIN = Gpu("Orin", "8.7")
@@ -186,7 +186,7 @@ needs_trt = pytest.mark.skipif(not (HAS_TENSORRT and torch.cuda.is_available()),
 @pytest.fixture(scope="module")
 def small_onnx(tmp_path_factory):
     from detprune.export.onnx import export_onnx
-    from test_latency import small_detector
+    from runtime_toys import small_detector
 
     path = tmp_path_factory.mktemp("trt") / "net.onnx"
     return export_onnx(small_detector(), torch.rand(1, 3, 64, 64), path, dynamic_batch=True).path

@@ -25,7 +25,7 @@ from detprune.cli import main
 from detprune.errors import BadInputError
 from detprune.adapters.yolo.trainer import finetune_yolo
 from detprune.train.structure import tensor_shapes
-from test_finetune import CLASSES, FAST, pruned_yolov5n, write_dataset
+from finetune_toys import CLASSES, FAST, largest_difference, last_weights, pruned_yolov5n, write_dataset
 
 
 def yolo_model(cfg: str = "yolov5n.yaml", names=CLASSES, seed: int = 1):
@@ -42,11 +42,6 @@ def yolo_model(cfg: str = "yolov5n.yaml", names=CLASSES, seed: int = 1):
 
 def same_weights(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def largest_difference(a: dict, b: dict) -> float:
-    assert a.keys() == b.keys()
-    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].numel())
 
 
 # --- YOLO ---------------------------------------------------------------------------------
@@ -82,10 +77,6 @@ def yolo(tmp_path_factory):
             "inside": inside, "runs": runs}
 
 
-def last_weights(result) -> dict:
-    return torch.load(result.last, map_location="cpu", weights_only=False)["model"].state_dict()
-
-
 def test_yolo_teacher_is_frozen_and_unchanged(yolo):
     inside = yolo["inside"]
     assert inside["grads"] and all(g is None for g in inside["grads"])
@@ -107,7 +98,7 @@ def test_yolo_distillation_loss_is_non_zero_and_moves_the_student(yolo):
 
 
 def test_yolo_checkpoints_hold_the_pruned_student_only(yolo):
-    from ultralytics.utils import DEFAULT_CFG_DICT
+    from detprune.adapters.yolo.distill import DEFAULT_DISTILL_WEIGHT
 
     result, student = yolo["runs"]["distilled"], yolo["student"]
     for path in (result.best, result.last):
@@ -120,7 +111,7 @@ def test_yolo_checkpoints_hold_the_pruned_student_only(yolo):
     summary = json.loads((result.run_dir.parent / "finetune.json").read_text())
     assert summary["distillation"] == {
         "teacher": str(result.run_dir.parent / "teacher.pt"),
-        "weight": DEFAULT_CFG_DICT["dis"],
+        "weight": DEFAULT_DISTILL_WEIGHT,  # detprune's default, not ultralytics' 6.0
     }
     assert json.loads((yolo["runs"]["plain"].run_dir.parent / "finetune.json").read_text())["distillation"] is None
 

@@ -16,8 +16,7 @@ import torch
 
 from detprune.errors import BadInputError
 from detprune.adapters.yolo.trainer import finetune_yolo
-from test_distill import largest_difference, last_weights
-from test_finetune import CLASSES, FAST, pruned_yolov5n, write_dataset
+from finetune_toys import CLASSES, FAST, largest_difference, last_weights, pruned_yolov5n, write_dataset
 
 
 def _seen_weights(store: dict, key: str):
