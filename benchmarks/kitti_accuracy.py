@@ -51,7 +51,7 @@ from harness.cache import settings_key  # noqa: E402
 from harness.curves import read_curve  # noqa: E402
 from harness.log import past_stop, timed_log  # noqa: E402
 from harness.paths import SHARED, add_detector_arguments  # noqa: E402
-from harness.rect import rect_hw, rect_train_options  # noqa: E402
+from harness.rect import add_training_arguments, rect_hw, rect_train_options  # noqa: E402
 
 # 50% FLOPs: the flagship against Taylor; box weighting isolated (saliency with the loss utility is
 # box-weighted Taylor); data-free and random floors
@@ -65,11 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--val", type=int, default=1000, help="frames held out for the reported figures")
     p.add_argument("--tune", type=int, default=200, help="frames carved from train for every hyperparameter choice")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the split")
-    p.add_argument("--width", type=int, default=640, help="input width; rect batches give the height")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (baseline and fine-tunes)")
-    p.add_argument("--baseline-epochs", type=int, default=40)
-    p.add_argument("--finetune-epochs", type=int, default=10, help="the equal budget of every row")
+    add_training_arguments(p, baseline_epochs=40, finetune_epochs=10)
     p.add_argument("--seed", type=int, default=0, help="seed of the new head, scoring order and training")
     p.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime threads")
     p.add_argument("--target", type=float, default=0.5, help="FLOPs kept by the grid of rows")

@@ -71,9 +71,10 @@ def write_report(bench, report: dict, log) -> None:
     versus = {_row_label(r): compare(bench, reference, r, resamples) for r in rows if r is not reference}
     report["bootstrap_vs_same_budget"] = versus
     pruned = sorted((r for r in rows if r["kind"] == "pruned"), key=lambda r: -r["tune"]["mAP50"])
+    at_target = [r for r in pruned if r["settings"]["target"] == bench.args.target]  # a pair compares one cut
     pairs = {}
-    if len(pruned) >= 2:
-        pairs["best two on the tuning split"] = (pruned[0], pruned[1])
+    if len(at_target) >= 2:
+        pairs[f"best two on the tuning split @ {bench.args.target:g}"] = (at_target[0], at_target[1])
     named = {_row_label(r): r for r in rows}
     target = bench.args.target
     for title, (a, b) in {"saliency against taylor (cost)": ("taylor/cost", "saliency/cost"),

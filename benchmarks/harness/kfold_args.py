@@ -10,6 +10,7 @@ from detprune.criteria.class_weights import parse_class_weights
 from detprune.errors import DetpruneError
 from harness.criteria import criterion_options, split_allocation, split_criterion
 from harness.paths import SHARED, add_detector_arguments
+from harness.rect import add_training_arguments
 
 
 def _list(text: str, kind=str) -> list:
@@ -34,11 +35,7 @@ def parse_kfold_args(argv: list[str] | None = None, description: str | None = No
     p.add_argument("--folds", type=int, default=3, help="k of k-fold cross-validation")
     p.add_argument("--fold-seed", type=int, default=0, help="seed of the fold assignment")
     p.add_argument("--only-folds", default=None, help="run these folds only (comma-separated indices)")
-    p.add_argument("--width", type=int, default=640, help="input width; the height is ultralytics' rect batch shape")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (baseline and fine-tunes)")
-    p.add_argument("--baseline-epochs", type=int, default=80)
-    p.add_argument("--finetune-epochs", type=int, default=20, help="the equal budget of every row")
+    add_training_arguments(p, baseline_epochs=80, finetune_epochs=20)
     p.add_argument("--target", type=float, default=0.5, help="FLOPs kept by the grid of configurations")
     p.add_argument("--criteria", default="saliency,taylor,l1",
                    help="criteria, each NAME or NAME:KEY=VALUE[:KEY=VALUE] with its options, e.g. catro:ridge=0")

@@ -30,3 +30,12 @@ def rect_train_options(args, seed: int) -> dict:
     """
     return {"imgsz": args.width, "rect": True, "batch": args.batch, "lr0": args.lr, "seed": seed, "warmup_epochs": 1,
             "deterministic": True, "workers": 0, "plots": False}
+
+
+def add_training_arguments(p, *, baseline_epochs: int, finetune_epochs: int) -> None:
+    """The rect-batch trainer's settings a benchmark takes: width, batch, lr and the two epoch budgets."""
+    p.add_argument("--width", type=int, default=640, help="input width; rect batches give the height")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (baseline and fine-tunes)")
+    p.add_argument("--baseline-epochs", type=int, default=baseline_epochs)
+    p.add_argument("--finetune-epochs", type=int, default=finetune_epochs, help="the equal budget of every row")
