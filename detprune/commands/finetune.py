@@ -183,7 +183,8 @@ def run(args: argparse.Namespace) -> int:
     from detprune.errors import BadInputError
     from detprune.criteria.class_weights import parse_class_weights
     from detprune.adapters import resuming_adapter
-    from detprune.workflow.imgsz import resolve_imgsz, train_side
+    from detprune.data.batch import train_side
+    from detprune.workflow.imgsz import resolve_imgsz
 
     out = Path(args.out)
     if not args.resume and (args.model is None or args.data is None or args.epochs is None):

@@ -73,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
         os.environ["YOLO_VERBOSE"] = "True"  # ultralytics' epoch table is this command's progress display
     from detprune.adapters import get_adapter
     from detprune.errors import BadInputError
-    from detprune.workflow.imgsz import imgsz_source, resolve_imgsz, train_side
+    from detprune.data.batch import train_side
+    from detprune.workflow.imgsz import imgsz_source, resolve_imgsz
 
     if args.data is None or args.epochs is None:
         raise BadInputError("train needs --data and --epochs")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from detprune.data.batch import train_side  # noqa: F401  (the commands' size for a trainer)
 from detprune.defaults import DEFAULT_IMGSZ
 
 
