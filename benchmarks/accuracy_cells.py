@@ -20,6 +20,7 @@ from detprune.data.types import DetectionSet
 from harness.cache import cached_result, store_result
 from harness.criteria import (CAR_OPTIONS, accepts, criterion_options, criterion_parameters, split_allocation,
                               split_criterion)
+from harness.cut import cut_as_run
 from harness.kfold_baselines import FoldBaselines, distill_keyword
 from harness.log import past_stop
 from harness.metrics import metrics_of
@@ -191,17 +192,21 @@ class Runner(FoldBaselines):
         allocation, widths_from = split_allocation(cell.allocation)
         weights = parse_class_weights(cell.class_weights, list(self.dataset.class_names))
         scores, scorer = self.score(model, fold, cell.criterion, cell.seed, weights)
-        options = {"allocation": allocation} if accepts(prune_model, "allocation") else {}
+        width_scores = None
         if widths_from is not None:  # widths allocated on the other criterion's scores, channels chosen by this one
-            options["width_scores"] = self.score(model, fold, widths_from, cell.seed, weights)[0]
-        if joint_subsets(cell):  # CATRO: the trace-ratio subset at each width the allocation gives
-            options["subsets"] = scorer
+            width_scores = self.score(model, fold, widths_from, cell.seed, weights)[0]
         scored = time.perf_counter()
-        target = {"target_flops": cell.target}
-        if allocation == "latency":  # HALP: the knapsack on a measured latency table, the target its prediction
-            target = {"target_latency": cell.target}
-            options.update(allocation="cost", cost="latency", latency_table=self.latency_table(base))
-        pruned = prune_model(self.adapter, model, scores, round_to=a.round_to, imgsz=self.hw, **target, **options)
+        if allocation == "latency":
+            # HALP: the knapsack on a measured latency table, cut at the table's prediction alone; the
+            # prune run's latency target would also time and refine the cut, which these cells never did
+            pruned = prune_model(self.adapter, model, scores, round_to=a.round_to, imgsz=self.hw,
+                                 target_latency=cell.target, allocation="cost", cost="latency",
+                                 latency_table=self.latency_table(base), width_scores=width_scores,
+                                 subsets=scorer if joint_subsets(cell) else None)
+        else:  # the run's cut; CATRO's joint subset at each width follows from its declared capability
+            pruned = cut_as_run(self.adapter, model, scores, imgsz=self.hw, target_flops=cell.target,
+                                allocation=allocation, widths_from=widths_from, round_to=a.round_to,
+                                criterion=scorer, width_scores=width_scores)
         teacher = copy.deepcopy(base) if cell.distill else None
         tuned, _ = self.train(
             pruned.model,

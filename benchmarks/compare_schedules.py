@@ -58,7 +58,8 @@ from detprune.utils.atomic import write_text  # noqa: E402
 from detprune.workflow.progressive import plot_history, run_schedule  # noqa: E402
 from detprune.workflow.stages import seeded_subset  # noqa: E402
 from harness import holdout  # noqa: E402  (compare_criteria's baseline, measurement and trainer settings)
-from harness.cache import cached_result, settings_key, store_result  # noqa: E402
+from harness.baseline import CHECKPOINT, baseline_folder  # noqa: E402
+from harness.cache import cached_result, store_result  # noqa: E402
 from harness.log import timed_log  # noqa: E402
 from harness.paths import SHARED  # noqa: E402
 
@@ -115,8 +116,8 @@ def cached_baseline(args, adapter, train, val, log):
     """compare_criteria's baseline; a cache miss is said out loud (training takes ~10 min)."""
     # the same settings (and so the same folder) as the baseline compare_criteria trains, init_seed included
     settings = holdout.baseline_settings(args)
-    folder = Path(args.baseline_cache) / "cache" / f"baseline-{settings_key(settings)}"
-    if not (folder / "baseline.pt").is_file():
+    folder = baseline_folder(args.baseline_cache, settings)
+    if not (folder / CHECKPOINT).is_file():
         log(f"baseline: NOT cached at {folder} (settings {json.dumps(settings)})")
         if not args.allow_baseline_training:
             raise DetpruneError(f"no cached baseline at {folder}; pass --allow-baseline-training to train one")

@@ -47,7 +47,7 @@ from detprune.data.splits import holdout_split  # noqa: E402
 from detprune.errors import BadInputError, DetpruneError  # noqa: E402
 from detprune.adapters.yolo.trainer import RUN_NAME, finetune_yolo  # noqa: E402
 from detprune.utils.atomic import write_text  # noqa: E402
-from harness.cache import settings_key  # noqa: E402
+from harness.baseline import baseline_folder, cached_baseline  # noqa: E402
 from harness.curves import read_curve  # noqa: E402
 from harness.log import past_stop, timed_log  # noqa: E402
 from harness.paths import SHARED, add_detector_arguments  # noqa: E402
@@ -151,46 +151,36 @@ class Bench:
                 **self.train_options(a.seed), "init_seed": a.seed}
 
     def baseline_dir(self) -> Path:
-        return self.out / "cache" / f"baseline-{settings_key(self.baseline_settings())}"
+        return baseline_folder(self.out, self.baseline_settings())
 
     def baseline(self):
         """(model, info) of the baseline: trained once, cached, resumed from its last epoch if interrupted."""
+        return cached_baseline(self.adapter, self.baseline_dir(), self.baseline_settings(), self._train_baseline,
+                               self.log)
+
+    def _train_baseline(self):
         a, folder = self.args, self.baseline_dir()
-        checkpoint = folder / "baseline.pt"
-        if checkpoint.is_file():
-            self.log(f"baseline: cached {checkpoint}")
-            return (self.adapter.prepare_for_pruning(self.adapter.load_checkpoint(checkpoint)),
-                    json.loads((folder / "info.json").read_text()))
         run = folder / "finetune"
         last = run / RUN_NAME / "weights" / "last.pt"
-        options = {**self.train_options(a.seed), "val": True, "progress_label": "baseline epochs"}
-        tick, previous = time.perf_counter(), 0.0
+        previous = 0.0
         if last.is_file():
             previous = self._previous_seconds(folder)  # machine time the interrupted run had already spent
             self.log(f"baseline: resuming the interrupted run from {last}")
             result = finetune_yolo(None, None, epochs=None, out_dir=run, resume=True,
                                    progress_label="baseline epochs")
         else:
-            folder.mkdir(parents=True, exist_ok=True)
-            write_text(folder / "settings.json", json.dumps(self.baseline_settings(), indent=2) + "\n")
             data = write_yolo_dataset(self.split.fit, self.split.tune, folder / "dataset")
             self.log(f"baseline: training {a.baseline_epochs} epochs on {len(self.split.fit)} frames, "
                      f"validating on the {len(self.split.tune)} tuning frames")
             model = self.adapter.load(a.model, weights=a.weights, class_names=self.dataset.class_names,
                                       init_seed=a.seed)
+            options = {**self.train_options(a.seed), "val": True, "progress_label": "baseline epochs"}
             result = finetune_yolo(model, data, epochs=a.baseline_epochs, out_dir=run, exist_ok=True, **options)
         torch.set_num_threads(a.threads)
         from ultralytics.nn.tasks import load_checkpoint
 
         model, _ = load_checkpoint(str(result.last))
-        model = self.adapter.prepare_for_pruning(model.float())
-        seconds = time.perf_counter() - tick + previous
-        info = {"settings": self.baseline_settings(), "curve": read_curve(result.run_dir / "results.csv"),
-                "seconds": seconds}
-        self.adapter.save(model, checkpoint, meta={"accuracy_baseline": info["settings"]})
-        write_text(folder / "info.json", json.dumps(info, indent=2) + "\n")
-        self.log(f"baseline: trained in {seconds:.0f} s of this machine")
-        return model, info
+        return model.float(), {"curve": read_curve(result.run_dir / "results.csv"), "seconds_before": previous}
 
     @staticmethod
     def _previous_seconds(folder: Path) -> float:

@@ -79,7 +79,8 @@ def write_report(bench, report: dict, log) -> None:
     target = bench.args.target
     for title, (a, b) in {"saliency against taylor (cost)": ("taylor/cost", "saliency/cost"),
                           "saliency(loss) against saliency(confidence) (cost)":
-                              ("saliency/cost", "saliency:utility=loss/cost")}.items():
+                              ("saliency/cost", "saliency:utility=loss/cost"),
+                          "cost allocation against global (saliency)": ("saliency/global", "saliency/cost")}.items():
         ra, rb = named.get(f"{a} @ {target:g}"), named.get(f"{b} @ {target:g}")
         if ra and rb:
             pairs[title] = (ra, rb)

@@ -23,6 +23,7 @@ from detprune.data.types import DetectionSet
 from detprune.errors import BadInputError
 from harness.cache import cached_result, store_result
 from harness.criteria import criterion_options
+from harness.cut import cut_as_run
 from harness.metrics import metrics_of as fold_metrics, points
 
 EVAL_LETTERBOX = "rect"  # ultralytics' val: per-batch rect canvas, 640 wide
@@ -151,8 +152,6 @@ class RowRunner:
         return self._finish(folder, settings, "same_budget", model, {}, tick)
 
     def row(self, row: Row, cached_only: bool = False) -> dict | None:
-        from detprune.pruning import prune_model
-
         a = self.args
         folder = self.root / row.name()
         settings = self._settings(**asdict(row), **self.bench.train_options(a.seed))
@@ -163,8 +162,8 @@ class RowRunner:
         model = copy.deepcopy(self.base)
         scores = self.score(model, row)
         scored = time.perf_counter()
-        pruned = prune_model(self.adapter, model, scores, target_flops=row.target, allocation=row.allocation,
-                             round_to=a.round_to, imgsz=self.hw)
+        pruned = cut_as_run(self.adapter, model, scores, target_flops=row.target, allocation=row.allocation,
+                            round_to=a.round_to, imgsz=self.hw)
         tuned = self.fine_tune(pruned.model, folder, row.distill)
         extra = {"row": row.token(), "seconds": {"score": scored - tick, "train": time.perf_counter() - scored}}
         return self._finish(folder, settings, "pruned", tuned, extra, tick)

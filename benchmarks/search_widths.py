@@ -15,8 +15,8 @@ training those subnets separately?
 4. per seed, fine-tuned ``--finetune-epochs`` and measured on the val frames:
    ``searched``: the searched widths cut from the trained supernet (the method as a whole);
    ``searched-from-baseline``: the same widths cut from the baseline (the allocation alone,
-   same starting weights as the others); ``uniform``: ``prune_model(global_ranking=False)``;
-   ``saliency-global``: ``prune_model(global_ranking=True)``, reused from compare_criteria's
+   same starting weights as the others); ``uniform``: the run's cut with ``allocation="uniform"``;
+   ``saliency-global``: the run's cut with ``allocation="global"``, reused from compare_criteria's
    runs where their settings match (else rerun here);
 5. ``--tau-subnets`` subnets spread over the FLOPs range: each estimated by the supernet, and
    cut from the BASELINE and fine-tuned separately (seed 0); Kendall tau between the two, beside
@@ -50,7 +50,6 @@ import torch  # noqa: E402
 from detprune.adapters.yolo import YoloAdapter  # noqa: E402
 from detprune.data.loader import load_train_val  # noqa: E402
 from detprune.errors import DetpruneError  # noqa: E402
-from detprune.pruning import prune_model  # noqa: E402
 from detprune.pruning.allocation import Limits  # noqa: E402
 from detprune.pruning.prior import WidthPrior  # noqa: E402
 from detprune.pruning.search import FlopsBudget, cut, evolve, kendall_tau  # noqa: E402
@@ -59,7 +58,9 @@ from detprune.pruning.supernet_train import SupernetEstimator, train_supernet  #
 from detprune.utils.atomic import write_text  # noqa: E402
 from detprune.workflow.stages import finetune_variant, score_channels  # noqa: E402
 from harness import holdout  # noqa: E402  (compare_criteria's baseline, runs and measurement)
+from harness.baseline import CHECKPOINT, baseline_folder  # noqa: E402
 from harness.cache import cached_result, cached_run, settings_key  # noqa: E402
+from harness.cut import cut_as_run  # noqa: E402
 from harness.holdout import fmt  # noqa: E402
 from harness.log import timed_log  # noqa: E402
 from harness.paths import SHARED  # noqa: E402
@@ -192,8 +193,7 @@ def main(argv: list[str] | None = None) -> int:
 
     train, val = load_train_val(args.data, val_count=cargs.val_count, seed=cargs.split_seed)
     adapter = YoloAdapter()
-    key = settings_key(holdout.baseline_settings(cargs))
-    expected = Path(args.baseline_out) / "cache" / f"baseline-{key}" / "baseline.pt"
+    expected = baseline_folder(args.baseline_out, holdout.baseline_settings(cargs)) / CHECKPOINT
     if not expected.is_file():
         log(f"WARNING: {expected} not found: the baseline will be TRAINED now ({args.baseline_epochs} epochs, ~10 min)")
     base_model, base_checkpoint = holdout.baseline(cargs, adapter, train, val, log)
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         variants = {
             "searched": lambda: cut(adapter, copy.deepcopy(supernet), space, evolution.best).model,
             "searched-from-baseline": lambda: cut(adapter, copy.deepcopy(base_model), space, evolution.best).model,
-            "uniform": lambda: prune_model(
+            "uniform": lambda: cut_as_run(
                 adapter,
                 copy.deepcopy(base_model),
                 score_channels(
@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                     progress=False,
                 ),
                 target_flops=args.target,
-                global_ranking=False,
+                allocation="uniform",
                 round_to=args.round_to,
                 imgsz=args.imgsz,
             ).model,

@@ -4,6 +4,8 @@ The scripts put ``benchmarks/`` on ``sys.path`` and import what they need from o
 
 - ``paths``: where the shared data and weights live (``../shared`` beside the repository);
 - ``cache``: the settings key of a cached folder and the ``result.json`` reused while its settings match;
+- ``baseline``: the cached baseline's one folder layout (settings, info, checkpoint written last);
+- ``cut``: a row's cut as the prune run makes it (a validated ``PruneConfig`` through ``workflow.cut``);
 - ``log``: timestamped progress lines and the ``--stop-at`` deadline;
 - ``criteria``: criterion and allocation tokens of a grid, the options each criterion is given;
 - ``metrics``: the metric columns (points) read from ``adapter.evaluate``'s dict;

@@ -11,13 +11,13 @@ from __future__ import annotations
 import argparse
 import copy
 import inspect
-import json
 import time
 from pathlib import Path
 from typing import Any
 
-from detprune.utils.atomic import write_text
+from harness.baseline import CHECKPOINT, baseline_folder, cached_baseline
 from harness.cache import cached_result, settings_key, store_result
+from harness.cut import cut_as_run
 from harness.paths import SHARED
 
 # (column, metric path in adapter.evaluate's dict); AP values are fractions, shown in points
@@ -54,23 +54,18 @@ def baseline(args, adapter, train, val, log) -> tuple[Any, str]:
     from detprune.workflow.stages import finetune_variant
 
     settings = baseline_settings(args)
-    folder = Path(args.out) / "cache" / f"baseline-{settings_key(settings)}"
-    checkpoint = folder / "baseline.pt"
-    if checkpoint.is_file():
-        log(f"baseline: cached {checkpoint}")
-        return adapter.prepare_for_pruning(adapter.load_checkpoint(checkpoint)), str(checkpoint)
-    log(
-        f"baseline: {args.model} + {Path(args.weights).name}, training {args.baseline_epochs} epochs at {args.imgsz} px"
-    )
-    tick = time.perf_counter()
-    model = adapter.load(args.model, weights=args.weights, class_names=train.class_names, init_seed=args.split_seed)
-    model = finetune_variant(adapter, model, train, val, epochs=args.baseline_epochs, out_dir=folder,
-                             **train_options(args, args.split_seed))
-    model = adapter.prepare_for_pruning(model)
-    adapter.save(model, checkpoint, meta={"compare_criteria_baseline": settings})
-    write_text(folder / "settings.json", json.dumps(settings, indent=2) + "\n")
-    log(f"baseline: trained in {time.perf_counter() - tick:.0f} s -> {checkpoint}")
-    return model, str(checkpoint)
+    folder = baseline_folder(args.out, settings)
+
+    def train_it():
+        log(f"baseline: {args.model} + {Path(args.weights).name}, training {args.baseline_epochs} epochs at "
+            f"{args.imgsz} px")
+        model = adapter.load(args.model, weights=args.weights, class_names=train.class_names,
+                             init_seed=args.split_seed)
+        return finetune_variant(adapter, model, train, val, epochs=args.baseline_epochs, out_dir=folder,
+                                **train_options(args, args.split_seed)), {}
+
+    model, _ = cached_baseline(adapter, folder, settings, train_it, log)
+    return model, str(folder / CHECKPOINT)
 
 
 def baseline_key(checkpoint: str) -> str:
@@ -121,7 +116,6 @@ def one_run(
     args, adapter, base_model, base_key: str, train, val, target: float, criterion: str, seed: int, log
 ) -> dict:
     """Score, prune, fine-tune, measure one (target, criterion, seed); reused when already done."""
-    from detprune.pruning import prune_model
     from detprune.workflow.stages import finetune_variant, score_channels
 
     settings = run_settings(args, base_key, target, criterion, seed)
@@ -134,7 +128,7 @@ def one_run(
     scores = score_channels(adapter, model, train, criterion, imgsz=args.imgsz, batch_size=args.batch,
                             **criterion_options(criterion, seed, args))
     scored = time.perf_counter()
-    pruned = prune_model(adapter, model, scores, target_flops=target, round_to=args.round_to, imgsz=args.imgsz)
+    pruned = cut_as_run(adapter, model, scores, target_flops=target, round_to=args.round_to, imgsz=args.imgsz)
     tuned = finetune_variant(adapter, pruned.model, train, val, epochs=args.finetune_epochs, out_dir=folder,
                              **train_options(args, seed))
     result = {"settings": settings, "flops_kept": pruned.achieved["flops"], **measure(args, adapter, tuned, val),

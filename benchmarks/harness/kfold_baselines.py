@@ -7,7 +7,6 @@ training (catro_ridge, equal_latency, latency_table_fit) open a fold with ``cach
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -16,7 +15,7 @@ import torch
 
 from detprune.data.types import DetectionSet
 from detprune.errors import DetpruneError
-from detprune.utils.atomic import write_text
+from harness.baseline import cached_baseline
 from harness.cache import settings_key
 from harness.criteria import CAR_OPTIONS, accepts, criterion_options, split_criterion
 from harness.curves import last_value, read_curve
@@ -88,30 +87,23 @@ class FoldBaselines:
         """(model, info) of the fold's baseline, trained once and cached under a key of every setting."""
         if fold in self._baselines:
             return self._baselines[fold]
-        folder = self.baseline_dir(fold)
-        checkpoint = folder / "baseline.pt"
-        if checkpoint.is_file():
-            model = self.adapter.prepare_for_pruning(self.adapter.load_checkpoint(checkpoint))
-            info = json.loads((folder / "info.json").read_text())
-            self.log(f"baseline fold {fold}: cached {checkpoint}")
-        else:
-            a = self.args
+        a = self.args
+
+        def train_it():
             train, _ = self.splits[fold]
             self.log(f"baseline fold {fold}: training {a.baseline_epochs} epochs on {len(train)} frames at "
                      f"{self.hw[1]}x{self.hw[0]}")
-            tick = time.perf_counter()
-            model = self.adapter.load(
-                a.model, weights=a.weights, class_names=self.dataset.class_names, init_seed=a.seed
-            )
-            model, run_dir = self.train(model, fold, a.baseline_epochs, folder, a.seed, every_epoch=True)
-            info = {"settings": self.baseline_settings(fold), "curve": read_curve(run_dir / "results.csv"),
-                    "seconds": time.perf_counter() - tick}
-            self.adapter.save(model, checkpoint, meta={"accuracy_baseline": info["settings"]})
-            write_text(folder / "info.json", json.dumps(info, indent=2) + "\n")
-            self.log(f"baseline fold {fold}: trained in {info['seconds']:.0f} s; last val mAP50 "
-                     f"{last_value(info['curve'], 'mAP50')} (ultralytics validator)")
-        self._baselines[fold] = (model, info)
-        return model, info
+            model = self.adapter.load(a.model, weights=a.weights, class_names=self.dataset.class_names,
+                                      init_seed=a.seed)
+            model, run_dir = self.train(model, fold, a.baseline_epochs, self.baseline_dir(fold), a.seed,
+                                        every_epoch=True)
+            curve = read_curve(run_dir / "results.csv")
+            self.log(f"baseline fold {fold}: last val mAP50 {last_value(curve, 'mAP50')} (ultralytics validator)")
+            return model, {"curve": curve}
+
+        self._baselines[fold] = cached_baseline(self.adapter, self.baseline_dir(fold), self.baseline_settings(fold),
+                                                train_it, self.log, label=f"baseline fold {fold}")
+        return self._baselines[fold]
 
     def curve(self, fold: int) -> list[dict]:
         return self.baseline(fold)[1]["curve"]

@@ -128,7 +128,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="how many channels each group keeps: global (one ranking), uniform (the same "
         "fraction of every group) or cost (most importance kept per unit of --cost); "
-        "default: cost for taylor, global for the other criteria (measured best)",
+        "default: cost for taylor and saliency, global for the other criteria (measured best)",
     )
     limits.add_argument(
         "--cost",

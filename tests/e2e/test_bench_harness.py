@@ -2,6 +2,7 @@
 result is reused only for equal settings, and no benchmark script imports another."""
 
 import ast
+import copy
 import dataclasses
 import json
 import re
@@ -11,6 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
@@ -155,6 +157,75 @@ def test_timed_log_formats(capsys):
 def test_past_stop():
     assert not past_stop(None) and not past_stop("")
     assert past_stop("00:00")  # every time of day is at or past midnight
+
+
+
+def test_a_baseline_is_trained_once_and_stored_in_one_layout(tmp_path):
+    from pruning_toys import ResidualConcatNet, ToyAdapter
+
+    from harness.baseline import baseline_folder, cached_baseline
+
+    adapter, settings, trained = ToyAdapter(), {"epochs": 3, "seed": 0}, []
+
+    def train():
+        trained.append(1)
+        return ResidualConcatNet().eval(), {"curve": [{"epoch": 1, "mAP50": 0.1}], "seconds_before": 40.0}
+
+    folder = baseline_folder(tmp_path, settings)
+    assert folder == tmp_path / "cache" / f"baseline-{settings_key(settings)}"
+    model, info = cached_baseline(adapter, folder, settings, train, lambda _: None)
+    assert sorted(p.name for p in folder.iterdir()) == ["baseline.pt", "info.json", "settings.json"]
+    assert info["settings"] == settings and info["curve"] == [{"epoch": 1, "mAP50": 0.1}]
+    assert info["seconds"] >= 40.0  # the interrupted run's time is counted with this one's
+    assert json.loads((folder / "settings.json").read_text()) == settings
+    again, info_again = cached_baseline(adapter, folder, settings, train, lambda _: None)
+    assert len(trained) == 1 and info_again == info
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    (folder / "info.json").unlink()  # folders cached before info.json existed still load
+    assert cached_baseline(adapter, folder, settings, train, lambda _: None)[1] == {"settings": settings}
+    assert len(trained) == 1
+
+
+def test_an_interrupted_baseline_is_not_taken_for_a_finished_one(tmp_path):
+    from pruning_toys import ResidualConcatNet, ToyAdapter
+
+    from harness.baseline import cached_baseline
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        cached_baseline(ToyAdapter(), tmp_path / "b", {"seed": 0}, interrupted, lambda _: None)
+    assert not (tmp_path / "b" / "baseline.pt").exists()  # the next call trains (or resumes), not loads
+    model, info = cached_baseline(ToyAdapter(), tmp_path / "b", {"seed": 0},
+                                  lambda: (ResidualConcatNet(), {}), lambda _: None)
+    assert info["curve"] is None and (tmp_path / "b" / "baseline.pt").is_file()
+
+
+@pytest.mark.parametrize("allocation", ["global", "uniform", "cost"])
+def test_the_benchmarks_cut_is_the_prune_runs(allocation):
+    """harness.cut_as_run keeps exactly the channels prune_model keeps for the same settings (the
+    PruneConfig defaults are the pruner's), and refuses what the run refuses, in one line."""
+    from pruning_toys import ResidualConcatNet, ToyAdapter, random_scores
+
+    from detprune.errors import BadInputError
+    from detprune.pruning import prune_model
+    from harness.cut import cut_as_run
+
+    adapter, base = ToyAdapter(), ResidualConcatNet().eval()
+    scores = random_scores(base, seed=3)
+    direct = prune_model(adapter, copy.deepcopy(base), scores, target_flops=0.5, allocation=allocation, round_to=1,
+                         imgsz=32)
+    through_run = cut_as_run(adapter, copy.deepcopy(base), scores, target_flops=0.5, allocation=allocation,
+                             round_to=1, imgsz=32)
+    assert through_run.channels_after == direct.channels_after
+    assert through_run.channels_after != direct.channels_before  # something was cut
+    for a, b in zip(direct.model.state_dict().values(), through_run.model.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(BadInputError, match="--allocation must be one of"):
+        cut_as_run(adapter, copy.deepcopy(base), scores, target_flops=0.5, allocation="greedy", imgsz=32)
+    with pytest.raises(BadInputError, match="give one target"):
+        cut_as_run(adapter, copy.deepcopy(base), scores, imgsz=32)
 
 
 # a benchmark's own row/cell/report modules, each imported by the one script it belongs to
