@@ -87,7 +87,7 @@ class FoldBaselines:
         """(model, info) of the fold's baseline, trained once and cached under a key of every setting."""
         if fold in self._baselines:
             return self._baselines[fold]
-        a = self.args
+        a, folder = self.args, self.baseline_dir(fold)
 
         def train_it():
             train, _ = self.splits[fold]
@@ -95,14 +95,13 @@ class FoldBaselines:
                      f"{self.hw[1]}x{self.hw[0]}")
             model = self.adapter.load(a.model, weights=a.weights, class_names=self.dataset.class_names,
                                       init_seed=a.seed)
-            model, run_dir = self.train(model, fold, a.baseline_epochs, self.baseline_dir(fold), a.seed,
-                                        every_epoch=True)
+            model, run_dir = self.train(model, fold, a.baseline_epochs, folder, a.seed, every_epoch=True)
             curve = read_curve(run_dir / "results.csv")
             self.log(f"baseline fold {fold}: last val mAP50 {last_value(curve, 'mAP50')} (ultralytics validator)")
             return model, {"curve": curve}
 
-        self._baselines[fold] = cached_baseline(self.adapter, self.baseline_dir(fold), self.baseline_settings(fold),
-                                                train_it, self.log, label=f"baseline fold {fold}")
+        self._baselines[fold] = cached_baseline(self.adapter, folder, self.baseline_settings(fold), train_it, self.log,
+                                                label=f"baseline fold {fold}")
         return self._baselines[fold]
 
     def curve(self, fold: int) -> list[dict]:
